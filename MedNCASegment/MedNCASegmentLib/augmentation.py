@@ -1,0 +1,62 @@
+"""Training-time augmentation on batches of (image, labels) tensors.
+
+The reference trains without augmentation; the paper nevertheless reports robustness to MRI
+artefacts (noise, bias field, blur, contrast) and to shifts, so we train for those: random
+placement on the canvas (done by the sampler), left-right flips (the data mixes left and right
+hippocampi), small rotations and scalings, and intensity changes that mimic scanner variation.
+Everything runs in torch on the whole batch, so it costs little next to the automaton.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _random_affine(batch: int, dims: int, generator: torch.Generator, max_degrees: float,
+                   max_scale: float) -> torch.Tensor:
+    """Affine matrices (batch, dims, dims+1) for affine_grid: rotation in the slice plane and scaling."""
+    angle = (torch.rand(batch, generator=generator) * 2 - 1) * math.radians(max_degrees)
+    scale = 1 + (torch.rand(batch, generator=generator) * 2 - 1) * max_scale
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.zeros(batch, dims, dims + 1)
+    # Rotate the last two spatial axes (the slice plane in 2D; J-I plane in 3D); scale all.
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
+    if dims == 3:
+        theta[:, 2, 2] = 1 / scale
+    return theta
+
+
+def augment(image: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+            max_degrees: float = 12.0, max_scale: float = 0.12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment image (B, C, *S) in 0..1 and integer labels (B, *S); returns new tensors."""
+    batch, dims = image.shape[0], image.dim() - 2
+    # Left-right flip: I, the last axis.
+    flip = torch.rand(batch, generator=generator) < 0.5
+    image = torch.where(flip.view(-1, *[1] * (dims + 1)), image.flip(-1), image)
+    labels = torch.where(flip.view(-1, *[1] * dims), labels.flip(-1), labels)
+
+    theta = _random_affine(batch, dims, generator, max_degrees, max_scale)
+    grid = F.affine_grid(theta, list(image.shape), align_corners=False)
+    image = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                           align_corners=False)[:, 0].round().long()
+
+    shape = (batch, *[1] * (dims + 1))
+    # Contrast (gamma) and brightness/contrast scaling.
+    gamma = torch.exp((torch.rand(shape, generator=generator) * 2 - 1) * 0.4)
+    image = image.clamp(0, 1) ** gamma
+    image = image * (0.85 + 0.3 * torch.rand(shape, generator=generator)) + (torch.rand(shape, generator=generator) - 0.5) * 0.1
+    # Smooth multiplicative bias field: a random linear ramp over the field of view.
+    coords = [torch.linspace(-1, 1, n) for n in image.shape[2:]]
+    mesh = torch.stack(torch.meshgrid(*coords, indexing="ij"))  # (dims, *S)
+    slope = (torch.rand(batch, dims, generator=generator) * 2 - 1) * 0.2
+    field = 1 + torch.einsum("bd,d...->b...", slope, mesh)[:, None]
+    image = image * field
+    # Gaussian noise of random strength, in half of the samples.
+    sigma = torch.rand(shape, generator=generator) * 0.06 * (torch.rand(shape, generator=generator) < 0.5)
+    image = image + sigma * torch.randn(image.shape, generator=generator)
+    return image.clamp(0, 1), labels

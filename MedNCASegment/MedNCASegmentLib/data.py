@@ -1,0 +1,63 @@
+"""The MSD hippocampus data set as the trainer sees it: cases, a fixed split, arrays in KJI order.
+
+Training reads NIfTI files directly with nibabel (no Slicer needed); arrays are transposed to
+Slicer's KJI order so that a model trained here sees volumes exactly as the Slicer logic hands
+them over.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Label values of the MSD hippocampus task, which the model's output classes follow.
+CLASS_NAMES = ("anterior hippocampus", "posterior hippocampus")
+
+
+@dataclass
+class Case:
+    """One labelled volume: raw image and labels, both (K, J, I)."""
+
+    case_id: str
+    image: np.ndarray
+    labels: np.ndarray
+
+
+def read_nifti_kji(path: Path) -> np.ndarray:
+    """A NIfTI file as a numpy array in KJI order (Slicer's), float32."""
+    import nibabel
+
+    return np.asarray(nibabel.load(str(path)).dataobj, dtype=np.float32).transpose(2, 1, 0).copy()
+
+
+def case_ids(data_dir: Path) -> list[str]:
+    """Ids ("hippocampus_001", ...) of every case that has both an image and labels."""
+    images = {p.name.removesuffix(".nii.gz") for p in (data_dir / "imagesTr").glob("hippocampus_*.nii.gz")}
+    labels = {p.name.removesuffix(".nii.gz") for p in (data_dir / "labelsTr").glob("hippocampus_*.nii.gz")}
+    return sorted(images & labels)
+
+
+def load_case(data_dir: Path, case_id: str) -> Case:
+    image = read_nifti_kji(data_dir / "imagesTr" / f"{case_id}.nii.gz")
+    labels = read_nifti_kji(data_dir / "labelsTr" / f"{case_id}.nii.gz").round().astype(np.uint8)
+    return Case(case_id, image, labels)
+
+
+def make_split(ids: list[str], validation_fraction: float, seed: int) -> dict[str, list[str]]:
+    """A reproducible random split of case ids into training and validation."""
+    shuffled = sorted(ids)
+    random.Random(seed).shuffle(shuffled)
+    count = round(len(shuffled) * validation_fraction)
+    return {"train": sorted(shuffled[count:]), "validation": sorted(shuffled[:count])}
+
+
+def read_split(path: Path) -> dict[str, list[str]]:
+    split = json.loads(Path(path).read_text())
+    overlap = set(split["train"]) & set(split["validation"])
+    if overlap:
+        raise ValueError(f"split {path} has cases in both training and validation: {sorted(overlap)[:5]}")
+    return split

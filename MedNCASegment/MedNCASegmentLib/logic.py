@@ -1,0 +1,226 @@
+"""The batch API: segment a volume node with Med-NCA and get a segmentation node back.
+
+    from MedNCASegmentLib.logic import MedNCASegmentLogic
+    result = MedNCASegmentLogic().segment(volumeNode, runs=10)
+    print(result.segmentation.GetName(), result.quality)
+
+Used by the panel, the headless CLI and Slicer's Python console alike, on any MRML scene
+(Slicer's own, or a headless slicer-core scene). A run has three phases so that the panel can
+keep Slicer responsive: ``prepare`` reads the scene (main thread), ``compute`` runs the model
+on plain arrays (any thread), ``finish`` writes the result (main thread). ``segment`` does all
+three, blocking. A cancelled or failed run leaves the scene as it was (an output segmentation
+being overwritten gets its segments back), and the input volume is never modified.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from EfficientSegmentationCommon.errors import InputVolumeError
+from EfficientSegmentationCommon.geometry import VolumeGeometry
+from EfficientSegmentationCommon.grids import KJISlices, axis_aligned_grid, crop_to_roi, paste
+from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
+from EfficientSegmentationCommon.registry import ModelEntry, ModelRegistry
+from EfficientSegmentationCommon.resampling import resample
+from EfficientSegmentationCommon.scene import create_scene
+from EfficientSegmentationCommon.segmentation_output import write_labels_to_segmentation, write_scalar_volume
+from EfficientSegmentationCommon.volume_arrays import array_from_volume
+
+from .preprocessing import normalize_intensity
+
+QUALITY_ATTRIBUTE = "MedNCA.QualityScore"
+# NQM above this flags a likely failure (chosen on the validation split; see the model card).
+QUALITY_WARNING_THRESHOLD = 0.25
+
+
+@dataclass
+class MedNCAJob:
+    """One run's inputs, read from the scene: plain arrays and settings, safe to hand to a thread."""
+
+    input_volume: object
+    entry: ModelEntry
+    image: np.ndarray  # normalised, on ``geometry`` (the input or its ROI crop)
+    geometry: VolumeGeometry
+    full_geometry: VolumeGeometry
+    crop: KJISlices | None
+    runs: int
+    seed: int
+    global_steps: int | None
+    refinement_steps: int | None
+    downscale: int | None
+    device: str
+    output_segmentation: object | None
+    uncertainty_volume: bool
+
+
+@dataclass
+class MedNCAComputed:
+    """The model's answer on the job's grid: hard labels, summed spread, NQM per class."""
+
+    labels: np.ndarray
+    spread: np.ndarray
+    quality: np.ndarray
+    seconds: float
+
+
+@dataclass
+class MedNCAResult:
+    """What one run produced: the segmentation node, NQM per segment name, optional uncertainty volume."""
+
+    segmentation: object
+    quality: dict[str, float]
+    uncertainty: object | None = None
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def likely_failure(self) -> bool:
+        """True when any segment's quality score says the result should not be trusted."""
+        return any(score > QUALITY_WARNING_THRESHOLD for score in self.quality.values())
+
+
+class MedNCASegmentLogic:
+    """Segments volumes with a Med-NCA model from the registry (or a model file of the user's).
+
+    Loaded models are cached per file and device, so segmenting many volumes loads once.
+    """
+
+    def __init__(self, scene=None, registry: ModelRegistry | None = None) -> None:
+        self.scene = scene if scene is not None else create_scene()
+        self.registry = registry if registry is not None else ModelRegistry.default()
+        self._models: dict[tuple[str, str], object] = {}
+        self._models_lock = threading.Lock()
+
+    def models(self) -> list[ModelEntry]:
+        """The Med-NCA models the user can pick from."""
+        return [entry for entry in self.registry.entries if entry.method == "mednca"]
+
+    def model_entry(self, model: str | None) -> ModelEntry:
+        """A registry id, a path to a model file, or None for the first registered Med-NCA model."""
+        if model is None:
+            available = self.models()
+            if not available:
+                raise InputVolumeError("No Med-NCA model is registered; add one to Models.json or pass a file.")
+            return self.registry.get(available[0].id)
+        if model.endswith(".pt"):
+            if not Path(model).exists():
+                raise InputVolumeError(f"Model file '{model}' does not exist.")
+            return self.registry.entry_for_file(Path(model), method="mednca")
+        return self.registry.get(model)
+
+    def load(self, entry: ModelEntry, device: str = "cpu"):
+        """The torch model of a registry entry, loaded once per device. Imports torch on first use."""
+        key = (str(entry.path), device)
+        with self._models_lock:
+            if key not in self._models:
+                from .model_io import load_model
+
+                self._models[key] = load_model(entry.path, device)[0]
+            return self._models[key]
+
+    def segment(self, inputVolume, model: str | None = None, globalSteps: int | None = None,
+                refinementSteps: int | None = None, downscale: int | None = None, runs: int = 10,
+                device: str = "cpu", roi=None, outputSegmentation=None, uncertaintyVolume: bool = False,
+                seed: int = 0, progressCallback: ProgressCallback | None = None,
+                cancelRequest: CancelRequest | None = None) -> MedNCAResult:
+        """Segment ``inputVolume`` and return the result; blocking, no dialogs.
+
+        ``globalSteps``/``refinementSteps``/``downscale`` default to the model's trained values;
+        ``runs`` stochastic runs give the mean segmentation and the quality score (NQM). ``roi``
+        (a markups ROI) crops the input first; the result lies in the input's full geometry.
+        ``outputSegmentation`` is overwritten if given. ``cancelRequest.cancel()`` (from another
+        thread) stops the run at its next step with ``CancelledError``.
+        """
+        job = self.prepare(inputVolume, model, globalSteps, refinementSteps, downscale, runs, device, roi,
+                           outputSegmentation, uncertaintyVolume, seed)
+        computed = self.compute(job, scaled(progressCallback, 0.0, 0.9), cancelRequest)
+        return self.finish(job, computed, scaled(progressCallback, 0.9, 1.0), cancelRequest)
+
+    def prepare(self, inputVolume, model: str | None = None, globalSteps: int | None = None,
+                refinementSteps: int | None = None, downscale: int | None = None, runs: int = 10,
+                device: str = "cpu", roi=None, outputSegmentation=None, uncertaintyVolume: bool = False,
+                seed: int = 0) -> MedNCAJob:
+        """Check the inputs and copy what the computation needs out of the scene (main thread)."""
+        if runs < 1:
+            raise ValueError("runs must be at least 1")
+        for name, value in (("globalSteps", globalSteps), ("refinementSteps", refinementSteps)):
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must not be negative")
+        if downscale is not None and downscale < 1:
+            raise ValueError("downscale must be at least 1")
+        image, full_geometry = array_from_volume(inputVolume)
+        geometry, crop = full_geometry, None
+        if roi is not None:
+            crop, geometry = crop_to_roi(full_geometry, roi)
+            image = image[crop]
+        entry = self.model_entry(model)
+        return MedNCAJob(inputVolume, entry, normalize_intensity(image), geometry, full_geometry, crop, runs, seed,
+                         globalSteps, refinementSteps, downscale, device, outputSegmentation, uncertaintyVolume)
+
+    def compute(self, job: MedNCAJob, progressCallback: ProgressCallback | None = None,
+                cancelRequest: CancelRequest | None = None) -> MedNCAComputed:
+        """Run the model on the job's arrays; touches no MRML, so it may run in a worker thread."""
+        from .inference import decode_labels, segment
+
+        started = time.perf_counter()
+        report = progressCallback or (lambda fraction, message: None)
+        cancel = cancelRequest or CancelRequest()
+
+        def step(fraction: float, message: str) -> None:
+            cancel.raise_if_set()
+            report(fraction, message)
+
+        step(0.0, f"Loading model {job.entry.title}")
+        network = self.load(job.entry, job.device)
+        # The model works on an axis-aligned grid of its training spacing; results come back
+        # onto the input grid by linear interpolation of the class probabilities.
+        grid = axis_aligned_grid(job.geometry, job.entry.spacing)
+        model_image = resample(job.image, job.geometry, grid, order=1)
+        result = segment(network, model_image, runs=job.runs, seed=job.seed, coarse_steps=job.global_steps,
+                         fine_steps=job.refinement_steps, downscale=job.downscale, normalized=True,
+                         progress=scaled(step, 0.02, 0.97))
+        step(0.97, "Resampling to the input grid")
+        mean = np.stack([resample(m, grid, job.geometry, order=1) for m in result.mean])
+        spread = resample(result.std.sum(axis=0), grid, job.geometry, order=1) if job.uncertainty_volume else None
+        step(1.0, "Computed")
+        return MedNCAComputed(decode_labels(mean), spread, result.quality, time.perf_counter() - started)
+
+    def finish(self, job: MedNCAJob, computed: MedNCAComputed, progressCallback: ProgressCallback | None = None,
+               cancelRequest: CancelRequest | None = None) -> MedNCAResult:
+        """Write the segmentation (and uncertainty volume) into the scene, all or nothing (main thread)."""
+        report = progressCallback or (lambda fraction, message: None)
+        cancel = cancelRequest or CancelRequest()
+        report(0.0, "Writing segmentation")
+        labels, spread = computed.labels, computed.spread
+        if job.crop is not None:
+            labels = paste(labels, job.crop, job.full_geometry.shape_kji)
+            spread = None if spread is None else paste(spread, job.crop, job.full_geometry.shape_kji)
+        volume = job.input_volume
+        output = job.output_segmentation
+        protect = [output] if output is not None else []
+        with SceneTransaction(self.scene, protect=protect):
+            name = output.GetName() if output is not None else f"{volume.GetName()} Med-NCA"
+            node = write_labels_to_segmentation(self.scene, labels, job.full_geometry, volume, job.entry.segments,
+                                                output=output, name=name)
+            quality = {spec.name: float(q) for spec, q in zip(job.entry.segments, computed.quality)}
+            for segment_name, score in quality.items():
+                node.SetAttribute(f"{QUALITY_ATTRIBUTE}.{segment_name}", f"{score:.5f}")
+            node.SetAttribute("MedNCA.Model", job.entry.id)
+            node.SetAttribute("MedNCA.Runs", str(job.runs))
+            uncertainty = None
+            if spread is not None:
+                uncertainty = write_scalar_volume(self.scene, spread.astype(np.float32), job.full_geometry,
+                                                  f"{volume.GetName()} Med-NCA uncertainty")
+            cancel.raise_if_set()
+        result = MedNCAResult(node, quality, uncertainty, computed.seconds)
+        if result.likely_failure:
+            result.warnings.append(
+                f"High quality score (NQM above {QUALITY_WARNING_THRESHOLD}): the segmentation is likely wrong. "
+                "Check it; crop to an ROI around the hippocampus, or raise the number of steps.")
+        report(1.0, "Done")
+        return result

@@ -1,0 +1,24 @@
+"""Exceptions that the modules show to the user as they are."""
+
+
+class InputVolumeError(ValueError):
+    """The input cannot be segmented; the message names the node or file and the problem.
+
+    A ValueError subclass so that generic callers treating bad arguments keep working,
+    while the GUI can catch this one and show its message without a traceback.
+    """
+
+
+class CancelledError(Exception):
+    """The user cancelled a running job.
+
+    Raised from inside the work (see ``progress.CancelRequest.raise_if_set``) so that
+    ``progress.SceneTransaction`` can undo what the job had already added to the scene.
+    """
+
+
+def describe_node(node) -> str:
+    """How error messages name a node: quoted name (or ID), or say that there is none."""
+    if node is None:
+        return "(no node selected)"
+    return f"'{node.GetName() or node.GetID() or node.GetClassName()}'"

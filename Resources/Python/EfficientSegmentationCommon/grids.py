@@ -1,0 +1,75 @@
+"""Choosing the grids a model works on: a region of interest of the input, and the model's own grid.
+
+A whole-brain scan can be segmented around one structure by cropping to a markups ROI first;
+the result is pasted back into the full input grid. Models are trained on volumes of a fixed
+orientation and spacing (for example RAS-aligned, 1 mm), so the input is resampled onto an
+axis-aligned grid of that spacing that covers it, whatever its direction matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import InputVolumeError, describe_node
+from .geometry import VolumeGeometry
+
+KJISlices = tuple[slice, slice, slice]
+
+
+def roi_corners_ras(roi_node) -> np.ndarray:
+    """The eight corners (8, 3) of a ``vtkMRMLMarkupsROINode`` box in RAS, its rotation included."""
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    center, size = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+    roi_node.GetCenter(center)  # in the ROI's object coordinates
+    roi_node.GetSize(size)
+    matrix = vtkMatrix4x4()
+    roi_node.GetObjectToWorldMatrix(matrix)
+    object_to_world = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    signs = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+    corners = np.asarray(center) + signs * np.asarray(size)
+    return corners @ object_to_world[:3, :3].T + object_to_world[:3, 3]
+
+
+def crop_to_roi(geometry: VolumeGeometry, roi_node) -> tuple[KJISlices, VolumeGeometry]:
+    """The voxel box of ``geometry`` covering the ROI, and the geometry of that box.
+
+    Raises ``InputVolumeError`` when the ROI misses the volume or covers less than 2 voxels
+    along an axis (nothing 3D left to segment).
+    """
+    corners_ijk = geometry.ras_to_voxel(roi_corners_ras(roi_node))
+    low = np.maximum(np.floor(corners_ijk.min(axis=0) + 0.5), 0).astype(int)
+    high = np.minimum(np.ceil(corners_ijk.max(axis=0) + 0.5), geometry.shape_ijk).astype(int)
+    if np.any(high - low < 2):
+        raise InputVolumeError(f"ROI {describe_node(roi_node)} does not overlap the input volume "
+                               "(or covers less than 2 voxels along an axis); move or enlarge it.")
+    slices_kji = tuple(slice(int(a), int(b)) for a, b in zip(low[::-1], high[::-1]))
+    matrix = geometry.ijk_to_ras.copy()
+    matrix[:3, 3] = geometry.voxel_to_ras(low)
+    return slices_kji, VolumeGeometry(matrix, tuple(int(b - a) for a, b in zip(low[::-1], high[::-1])))
+
+
+def axis_aligned_grid(geometry: VolumeGeometry, spacing: Sequence[float]) -> VolumeGeometry:
+    """An identity-direction (RAS-aligned) grid of ``spacing`` mm covering the whole of ``geometry``.
+
+    For an input that already is RAS-aligned at this spacing it is the input grid itself,
+    so no interpolation happens there.
+    """
+    spacing = np.asarray(spacing, dtype=np.float64)
+    edges = np.array([[x, y, z] for x in (-0.5, geometry.shape_ijk[0] - 0.5)
+                      for y in (-0.5, geometry.shape_ijk[1] - 0.5)
+                      for z in (-0.5, geometry.shape_ijk[2] - 0.5)])
+    corners = geometry.voxel_to_ras(edges)
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    size = np.maximum(1, np.round((high - low) / spacing - 1e-6)).astype(int)
+    origin = (low + high) / 2 - spacing * (size - 1) / 2
+    return VolumeGeometry.compose(tuple(size[::-1].tolist()), spacing, origin)
+
+
+def paste(crop: np.ndarray, slices_kji: KJISlices, full_shape_kji: Sequence[int], fill: float = 0) -> np.ndarray:
+    """Place a cropped result back into an array of the full input's shape."""
+    full = np.full(tuple(full_shape_kji), fill, dtype=crop.dtype)
+    full[slices_kji] = crop
+    return full

@@ -1,0 +1,117 @@
+"""One way to get an MRML scene and the module logics that work on it, in Slicer and headless.
+
+Inside the Slicer application the scene and the logics already exist and are wired to the
+application logic. On the ``slicer-core`` wheel nothing is: a bare ``vtkMRMLScene`` has no
+application logic, the volumes logic then cannot give new volumes a colour table, and so on.
+This module does that wiring once per scene, so the rest of the package (and the tests) can
+use the same calls everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass
+
+import slicer
+
+from .errors import InputVolumeError
+
+_IMAGE_SUFFIXES = {".gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"}
+
+
+@dataclass(frozen=True)
+class _HeadlessLogics:
+    """The logics set up for one headless scene; kept alive as long as the scene is."""
+
+    application: slicer.vtkSlicerApplicationLogic
+    colors: slicer.vtkMRMLColorLogic
+    volumes: slicer.vtkSlicerVolumesLogic
+    segmentations: slicer.vtkSlicerSegmentationsModuleLogic
+
+
+# Logics hold only raw pointers to the application logic, so something must own it.
+_headless_logics: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _application_scene():
+    """``slicer.mrmlScene`` when running inside the Slicer application, else None."""
+    return getattr(slicer, "mrmlScene", None)
+
+
+def create_scene():
+    """The scene to work in: Slicer's own scene inside the application, else a new headless one.
+
+    A headless scene comes with an application logic, the colour, volumes and segmentations
+    logics, and a subject hierarchy node, like the scene of the application at start-up.
+    """
+    app_scene = _application_scene()
+    if app_scene is not None:
+        return app_scene
+    scene = slicer.vtkMRMLScene()
+    _logics_for(scene)
+    scene.GetSubjectHierarchyNode()  # created now, not lazily inside someone's transaction
+    return scene
+
+
+def _logics_for(scene) -> _HeadlessLogics:
+    """Logics for a headless scene, set up on first use (also for scenes made elsewhere)."""
+    logics = _headless_logics.get(scene)
+    if logics is not None:
+        return logics
+    application = slicer.vtkSlicerApplicationLogic()
+    application.SetMRMLScene(scene)
+    colors = slicer.vtkMRMLColorLogic()
+    volumes = slicer.vtkSlicerVolumesLogic()
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    for name, logic in (("Colors", colors), ("Volumes", volumes), ("Segmentations", segmentations)):
+        logic.SetMRMLApplicationLogic(application)
+        logic.SetMRMLScene(scene)
+        application.SetModuleLogic(name, logic)
+    application.SetColorLogic(colors)
+    logics = _HeadlessLogics(application, colors, volumes, segmentations)
+    _headless_logics[scene] = logics
+    return logics
+
+
+def segmentations_logic(scene):
+    """The ``vtkSlicerSegmentationsModuleLogic`` that works on ``scene``."""
+    if scene is _application_scene():
+        return slicer.modules.segmentations.logic()
+    return _logics_for(scene).segmentations
+
+
+def _volumes_logic(scene):
+    """The ``vtkSlicerVolumesLogic`` that works on ``scene``."""
+    if scene is _application_scene():
+        return slicer.modules.volumes.logic()
+    return _logics_for(scene).volumes
+
+
+def load_volume(scene, path: str | os.PathLike, name: str | None = None):
+    """Load an image file (NIfTI, NRRD, MetaImage, ...) as a volume node, geometry intact.
+
+    Raises ``InputVolumeError`` naming the file when it is missing or cannot be read, instead
+    of the ``None`` that ``AddArchetypeVolume`` returns. The node is a
+    ``vtkMRMLScalarVolumeNode`` (a vector volume for multi-component files, which
+    ``volume_arrays.check_scalar_volume`` then rejects).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputVolumeError(f"Cannot load volume file '{path}': no such file.")
+    node = _volumes_logic(scene).AddArchetypeVolume(path, name or _name_from_path(path), 0)
+    if node is None:
+        raise InputVolumeError(
+            f"Cannot load volume file '{path}': it is unreadable, damaged or not an image format Slicer reads."
+        )
+    return node
+
+
+def _name_from_path(path: str) -> str:
+    """Node name from a file name without its image extensions (``case.nii.gz`` -> ``case``)."""
+    stem = os.path.basename(path)
+    root, suffix = os.path.splitext(stem)
+    while suffix.lower() in _IMAGE_SUFFIXES and root:
+        stem = root
+        root, suffix = os.path.splitext(stem)
+    return stem

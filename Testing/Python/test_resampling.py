@@ -1,0 +1,58 @@
+"""Resampling to a model grid and back keeps the hippocampus labels where they were."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import load_case
+from EfficientSegmentationCommon.metrics import dice
+from EfficientSegmentationCommon.resampling import resample, resample_labels
+from test_segmentation_roundtrip import oblique_geometry
+
+CASES = ["hippocampus_001", "hippocampus_004", "hippocampus_015"]
+
+
+@pytest.mark.parametrize("case_name", CASES)
+@pytest.mark.parametrize("model_spacing", [(0.7, 0.7, 0.7), (0.6, 0.9, 0.75)])
+def test_round_trip_through_a_finer_model_grid_keeps_dice(scene, case_name, model_spacing):
+    case = load_case(scene, case_name)
+    model_grid = case.geometry.with_spacing(model_spacing)
+    back = resample_labels(resample_labels(case.labels, case.geometry, model_grid), model_grid, case.geometry)
+    for label in (1, 2):
+        assert dice(back == label, case.labels == label) >= 0.98, f"label {label}"
+
+
+@pytest.mark.parametrize("case_name", CASES)
+def test_round_trip_through_a_coarser_grid_beats_nearest_neighbour(scene, case_name):
+    """A 1.5 mm grid cannot hold 1 mm detail (Dice about 0.89-0.93 measured); per-label
+    interpolation must still lose less than nearest neighbour does."""
+    case = load_case(scene, case_name)
+    coarse = case.geometry.with_spacing((1.5, 1.5, 1.5))
+    back = resample_labels(resample_labels(case.labels, case.geometry, coarse), coarse, case.geometry)
+    nearest = resample(resample(case.labels, case.geometry, coarse, order=0), coarse, case.geometry, order=0)
+    for label in (1, 2):
+        ours = dice(back == label, case.labels == label)
+        assert ours >= 0.85 and ours >= dice(nearest == label, case.labels == label), f"label {label}"
+
+
+def test_with_spacing_keeps_extent_centre_and_direction(hippocampus):
+    geometry = oblique_geometry(hippocampus.geometry.shape_kji)
+    model_grid = geometry.with_spacing((0.7, 0.7, 0.7))
+    np.testing.assert_allclose(model_grid.spacing, (0.7, 0.7, 0.7))
+    np.testing.assert_allclose(model_grid.direction, geometry.direction, atol=1e-12)
+    centre = geometry.voxel_to_ras((np.array(geometry.shape_ijk) - 1) / 2)
+    np.testing.assert_allclose(model_grid.voxel_to_ras((np.array(model_grid.shape_ijk) - 1) / 2), centre, atol=1e-9)
+    extent = np.array(geometry.shape_ijk) * geometry.spacing
+    assert np.all(np.abs(np.array(model_grid.shape_ijk) * 0.7 - extent) <= 0.7 / 2 + 1e-9)
+
+
+def test_resampling_follows_the_direction_matrix(hippocampus):
+    """On an oblique grid, a target moved one voxel along I in RAS reads the next I voxel."""
+    source = oblique_geometry(hippocampus.geometry.shape_kji)
+    moved = source.ijk_to_ras.copy()
+    moved[:3, 3] += source.ijk_to_ras[:3, 0]
+    target = type(source)(moved, source.shape_kji)
+    shifted = resample(hippocampus.image, source, target, order=1)
+    np.testing.assert_allclose(shifted[:, :, :-1], hippocampus.image[:, :, 1:], rtol=1e-5)
+    np.testing.assert_allclose(shifted[:, :, -1], 0.0, atol=1e-6)  # a voxel outside the source: fill
+    np.testing.assert_allclose(resample(hippocampus.image, source, source), hippocampus.image, rtol=1e-5)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from EfficientSegmentationCommon.batch import FORMATS, BatchOutcome, ProgressBar, output_path, run_batch, write_result
+from EfficientSegmentationCommon.errors import InputVolumeError
 from EfficientSegmentationCommon.scene import create_scene, load_volume
 
 from .logic import MedNCASegmentLogic
@@ -33,6 +33,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--downscale", type=int, default=None, help="downscale factor of the global stage")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--all-components", action="store_true",
+                        help="keep every segmented island, not only the largest structure (input with both hippocampi)")
     parser.add_argument("--format", choices=FORMATS, default="seg.nrrd")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     return parser.parse_args(argv)
@@ -46,7 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     scene = create_scene()
     logic = MedNCASegmentLogic(scene)
-    entry = logic.model_entry(args.model)
+    try:
+        entry = logic.model_entry(args.model)
+    except InputVolumeError as error:
+        print(f"mednca-segment: {error}", file=sys.stderr)
+        return 2
     print(f"model: {entry.id} ({entry.title}); {args.runs} runs; output: {args.output_dir}", flush=True)
 
     def process(path: str) -> BatchOutcome:
@@ -55,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = logic.segment(volume, model=args.model, globalSteps=args.global_steps,
                                    refinementSteps=args.refinement_steps, downscale=args.downscale,
                                    runs=args.runs, device=args.device, seed=args.seed,
+                                   keepLargestComponent=not args.all_components,
                                    progressCallback=ProgressBar(volume.GetName()))
             written = write_result(scene, result.segmentation, volume, entry.segments,
                                    output_path(args.output_dir, volume.GetName(), args.format))

@@ -16,6 +16,8 @@ import numpy as np
 
 # Label values of the MSD hippocampus task, which the model's output classes follow.
 CLASS_NAMES = ("anterior hippocampus", "posterior hippocampus")
+# Display colours (RGB 0..1) of the classes, as the registry and model cards declare them.
+CLASS_COLORS = ((0.98, 0.75, 0.27), (0.27, 0.65, 0.95))
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,12 +23,17 @@ from scipy.stats import spearmanr
 
 from EfficientSegmentationCommon.metrics import dice, hd95
 
-from .data import CLASS_NAMES, load_case, read_split
+from .data import CLASS_COLORS, CLASS_NAMES, load_case, read_split
 from .inference import segment
-from .model_io import load_model
+from .model_io import hardware_description, load_model
 from .training import DEFAULT_DATA, DEFAULT_SPLIT
 
 REGIONS = {"foreground": (1, 2), "anterior": (1,), "posterior": (2,)}
+# Results with a foreground Dice below this count as failures when choosing the NQM threshold.
+ACCEPTABLE_DICE = 0.8
+# The warning threshold sits this factor above the highest NQM of an acceptable validation result,
+# so that validation-like inputs are not flagged and clearly less certain ones are.
+THRESHOLD_MARGIN = 1.25
 
 
 def evaluate_cases(model_path: Path, data: Path, case_ids: list[str], runs: int, seed: int) -> list[dict]:
@@ -70,19 +74,29 @@ def summarize(rows: list[dict]) -> dict:
                       "spearman_with_foreground_dice": round(float(rho), 3),
                       "worst_case_by_dice": rows[int(foreground.argmin())]["case"],
                       "worst_case_by_nqm": rows[int(nqm.argmax())]["case"]}
+    acceptable = nqm[foreground >= ACCEPTABLE_DICE]
+    summary["quality_warning_threshold"] = round(float(acceptable.max() * THRESHOLD_MARGIN), 4) if len(acceptable) else None
     summary["seconds_per_volume"] = round(float(np.mean([row["seconds"] for row in rows])), 3)
     return summary
 
 
-def write_card(model_path: Path, split_path: Path, runs: int, seed: int, rows: list[dict], summary: dict) -> Path:
-    """Write <weights>.json (registry) and <weights>.md (people) beside the weights."""
+def write_card(model_path: Path, split_path: Path, runs: int, seed: int, rows: list[dict], summary: dict,
+               training_hardware: str | None = None) -> Path:
+    """Write <weights>.json (registry) and <weights>.md (people) beside the weights.
+
+    The JSON also carries what the registry needs to use the file as a user's own model
+    (inputs, segments, spacing, quality warning threshold)."""
     model, metadata = load_model(model_path)
     split = read_split(split_path)
     card = {
         "model": model_path.name,
         "method": "Med-NCA (Kalkhof et al., IPMI 2023), two-stage neural cellular automaton",
         "task": "hippocampus segmentation in T1 MRI: anterior (label 1) and posterior (label 2)",
-        "classes": {str(i + 1): name for i, name in enumerate(CLASS_NAMES)},
+        "inputs": ["T1"],
+        "segments": [{"name": name, "label": i + 1, "color": list(color)}
+                     for i, (name, color) in enumerate(zip(CLASS_NAMES, CLASS_COLORS))],
+        "spacing": [1.0, 1.0, 1.0],
+        "quality_warning_threshold": summary["quality_warning_threshold"],
         "config": model.config.to_dict(),
         "parameters": model.parameter_count,
         "file_bytes": model_path.stat().st_size,
@@ -90,10 +104,10 @@ def write_card(model_path: Path, split_path: Path, runs: int, seed: int, rows: l
                 "208 labelled cases as in ../shared/data/Task04_Hippocampus; CC-BY-SA 4.0",
         "split": {"file": str(split_path.name), "train": len(split["train"]), "validation": len(split["validation"])},
         "training": {k: metadata.get(k) for k in ("command", "seed", "iterations", "train_minutes", "threads")},
-        "training_hardware": metadata.get("hardware"),
+        "training_hardware": metadata.get("hardware") or training_hardware,
         "evaluation": {"runs": runs, "seed": seed, "grid": "native 1 mm", "metrics": "dense whole-volume hard Dice/HD95",
-                       "hardware": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                                   f"{torch.get_num_threads()} threads"},
+                       "inference": "every second run mirrored left-right; largest connected structure kept",
+                       "hardware": hardware_description()},
         "validation": summary,
         "per_case": rows,
     }
@@ -123,7 +137,9 @@ def card_markdown(card: dict) -> str:
         lines.append(f"| {region} | {d['mean']:.4f} | {d['sd']:.4f} | {d['median']:.4f} | {h['mean']:.2f} |")
     lines += ["", f"Quality score NQM (sum std / sum mean over {card['evaluation']['runs']} runs): mean "
                   f"{v['nqm']['mean']}; Spearman correlation with foreground Dice "
-                  f"{v['nqm']['spearman_with_foreground_dice']} (negative: high NQM flags worse results).",
+                  f"{v['nqm']['spearman_with_foreground_dice']} (negative: high NQM flags worse results). "
+                  f"Warning threshold: NQM above {v['quality_warning_threshold']} ({THRESHOLD_MARGIN} x the "
+                  f"highest NQM of a validation result with Dice >= {ACCEPTABLE_DICE}).",
               f"Inference: {v['seconds_per_volume']} s per volume ({card['evaluation']['hardware']}).", ""]
     return "\n".join(lines)
 
@@ -136,12 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--training-hardware", default=None,
+                        help="where the weights were trained, if their metadata does not say (default: this machine)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = evaluate_cases(args.weights, args.data, read_split(args.split)["validation"], args.runs, args.seed)
     summary = summarize(rows)
     print(json.dumps(summary, indent=1))
-    print("card:", write_card(args.weights, args.split, args.runs, args.seed, rows, summary))
+    print("card:", write_card(args.weights, args.split, args.runs, args.seed, rows, summary,
+                                     args.training_hardware or hardware_description()))
     return 0
 
 

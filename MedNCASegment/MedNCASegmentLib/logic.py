@@ -34,8 +34,6 @@ from EfficientSegmentationCommon.volume_arrays import array_from_volume
 from .preprocessing import normalize_intensity
 
 QUALITY_ATTRIBUTE = "MedNCA.QualityScore"
-# NQM above this flags a likely failure (chosen on the validation split; see the model card).
-QUALITY_WARNING_THRESHOLD = 0.25
 
 
 @dataclass
@@ -56,6 +54,7 @@ class MedNCAJob:
     device: str
     output_segmentation: object | None
     uncertainty_volume: bool
+    keep_largest_component: bool
 
 
 @dataclass
@@ -77,11 +76,14 @@ class MedNCAResult:
     uncertainty: object | None = None
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    quality_warning_threshold: float | None = None
 
     @property
     def likely_failure(self) -> bool:
-        """True when any segment's quality score says the result should not be trusted."""
-        return any(score > QUALITY_WARNING_THRESHOLD for score in self.quality.values())
+        """True when any segment's quality score exceeds the model's warning threshold, which
+        was chosen on its validation split (see the model card)."""
+        threshold = self.quality_warning_threshold
+        return threshold is not None and any(score > threshold for score in self.quality.values())
 
 
 class MedNCASegmentLogic:
@@ -126,25 +128,26 @@ class MedNCASegmentLogic:
     def segment(self, inputVolume, model: str | None = None, globalSteps: int | None = None,
                 refinementSteps: int | None = None, downscale: int | None = None, runs: int = 10,
                 device: str = "cpu", roi=None, outputSegmentation=None, uncertaintyVolume: bool = False,
-                seed: int = 0, progressCallback: ProgressCallback | None = None,
+                seed: int = 0, keepLargestComponent: bool = True, progressCallback: ProgressCallback | None = None,
                 cancelRequest: CancelRequest | None = None) -> MedNCAResult:
         """Segment ``inputVolume`` and return the result; blocking, no dialogs.
 
         ``globalSteps``/``refinementSteps``/``downscale`` default to the model's trained values;
         ``runs`` stochastic runs give the mean segmentation and the quality score (NQM). ``roi``
         (a markups ROI) crops the input first; the result lies in the input's full geometry.
-        ``outputSegmentation`` is overwritten if given. ``cancelRequest.cancel()`` (from another
+        ``outputSegmentation`` is overwritten if given. ``keepLargestComponent`` clears all but
+        the largest connected structure (turn it off for an input holding both hippocampi). ``cancelRequest.cancel()`` (from another
         thread) stops the run at its next step with ``CancelledError``.
         """
         job = self.prepare(inputVolume, model, globalSteps, refinementSteps, downscale, runs, device, roi,
-                           outputSegmentation, uncertaintyVolume, seed)
+                           outputSegmentation, uncertaintyVolume, seed, keepLargestComponent)
         computed = self.compute(job, scaled(progressCallback, 0.0, 0.9), cancelRequest)
         return self.finish(job, computed, scaled(progressCallback, 0.9, 1.0), cancelRequest)
 
     def prepare(self, inputVolume, model: str | None = None, globalSteps: int | None = None,
                 refinementSteps: int | None = None, downscale: int | None = None, runs: int = 10,
                 device: str = "cpu", roi=None, outputSegmentation=None, uncertaintyVolume: bool = False,
-                seed: int = 0) -> MedNCAJob:
+                seed: int = 0, keepLargestComponent: bool = True) -> MedNCAJob:
         """Check the inputs and copy what the computation needs out of the scene (main thread)."""
         if runs < 1:
             raise ValueError("runs must be at least 1")
@@ -160,12 +163,13 @@ class MedNCASegmentLogic:
             image = image[crop]
         entry = self.model_entry(model)
         return MedNCAJob(inputVolume, entry, normalize_intensity(image), geometry, full_geometry, crop, runs, seed,
-                         globalSteps, refinementSteps, downscale, device, outputSegmentation, uncertaintyVolume)
+                         globalSteps, refinementSteps, downscale, device, outputSegmentation, uncertaintyVolume,
+                         keepLargestComponent)
 
     def compute(self, job: MedNCAJob, progressCallback: ProgressCallback | None = None,
                 cancelRequest: CancelRequest | None = None) -> MedNCAComputed:
         """Run the model on the job's arrays; touches no MRML, so it may run in a worker thread."""
-        from .inference import decode_labels, segment
+        from .inference import decode_labels, keep_largest_component, segment
 
         started = time.perf_counter()
         report = progressCallback or (lambda fraction, message: None)
@@ -187,8 +191,11 @@ class MedNCASegmentLogic:
         step(0.97, "Resampling to the input grid")
         mean = np.stack([resample(m, grid, job.geometry, order=1) for m in result.mean])
         spread = resample(result.std.sum(axis=0), grid, job.geometry, order=1) if job.uncertainty_volume else None
+        labels = decode_labels(mean)
+        if job.keep_largest_component:
+            labels = keep_largest_component(labels)
         step(1.0, "Computed")
-        return MedNCAComputed(decode_labels(mean), spread, result.quality, time.perf_counter() - started)
+        return MedNCAComputed(labels, spread, result.quality, time.perf_counter() - started)
 
     def finish(self, job: MedNCAJob, computed: MedNCAComputed, progressCallback: ProgressCallback | None = None,
                cancelRequest: CancelRequest | None = None) -> MedNCAResult:
@@ -217,10 +224,11 @@ class MedNCASegmentLogic:
                 uncertainty = write_scalar_volume(self.scene, spread.astype(np.float32), job.full_geometry,
                                                   f"{volume.GetName()} Med-NCA uncertainty")
             cancel.raise_if_set()
-        result = MedNCAResult(node, quality, uncertainty, computed.seconds)
+        result = MedNCAResult(node, quality, uncertainty, computed.seconds,
+                              quality_warning_threshold=job.entry.quality_warning_threshold)
         if result.likely_failure:
             result.warnings.append(
-                f"High quality score (NQM above {QUALITY_WARNING_THRESHOLD}): the segmentation is likely wrong. "
+                f"High quality score (NQM above {result.quality_warning_threshold}): the segmentation is likely wrong. "
                 "Check it; crop to an ROI around the hippocampus, or raise the number of steps.")
         report(1.0, "Done")
         return result

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .augmentation import augment
 from .data import Case, case_ids, load_case, read_split
 from .inference import segment
-from .model_io import save_model
+from .model_io import hardware_description, save_model
 from .nca import MedNCA, default_config
 from .preprocessing import normalize_intensity, slice_stack
 
@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     save_model(args.output, model, {"iterations": args.iterations, "seed": args.seed,
                                     "train_minutes": round(elapsed / 60, 1), "threads": args.threads,
-                                    "command": " ".join(sys.argv), "history": history})
+                                    "command": " ".join(sys.argv), "history": history,
+                                    "hardware": hardware_description(), "cpu_minutes": round(time.process_time() / 60, 1)})
     print(f"wrote {args.output} after {elapsed / 60:.1f} minutes", flush=True)
     return 0
 

@@ -43,6 +43,9 @@ class ModelEntry:
     training_data: str = ""
     metrics: dict = field(default_factory=dict, hash=False, compare=False)
     description: str = ""
+    # Quality score (e.g. Med-NCA's NQM) above which a result is flagged as a likely failure;
+    # chosen on the model's validation split, recorded in its card. None: the model has none.
+    quality_warning_threshold: float | None = None
 
 
 def _segments(values: Sequence[dict]) -> tuple[SegmentSpec, ...]:
@@ -68,7 +71,8 @@ def _entry(values: dict, base: Path) -> ModelEntry:
         path=_resolve(values["file"], values.get("module"), base),
         spacing=tuple(values.get("spacing", (1.0, 1.0, 1.0))), version=values.get("version", ""),
         license=values.get("license", ""), training_data=values.get("trainingData", ""),
-        metrics=values.get("metrics", {}), description=values.get("description", ""))
+        metrics=values.get("metrics", {}), description=values.get("description", ""),
+        quality_warning_threshold=values.get("qualityWarningThreshold"))
 
 
 class ModelRegistry:
@@ -125,4 +129,5 @@ class ModelRegistry:
                                    "naming its segments; add it to your Models.json.")
         return _entry({"id": path.stem, "title": path.stem, "method": method, "task": card.get("task", ""),
                        "inputs": card.get("inputs", []), "segments": card["segments"], "file": str(path),
-                       "spacing": card.get("spacing", (1.0, 1.0, 1.0))}, path.parent)
+                       "spacing": card.get("spacing", (1.0, 1.0, 1.0)),
+                       "qualityWarningThreshold": card.get("quality_warning_threshold")}, path.parent)

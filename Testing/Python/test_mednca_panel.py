@@ -1,0 +1,641 @@
+"""The Med-NCA panel, checked without Slicer's GUI.
+
+Slicer's Qt widgets cannot run here, so the panel is checked in three ways: the .ui file against
+the code that uses it (every ``self.ui.<name>`` exists with the class the code expects; every
+widget bound by ``SlicerParameterName`` matches a parameter node field of a type Slicer's
+parameterNodeWrapper can bind to that widget), the panel's behaviour through its Qt-free state
+machine (``EfficientSegmentationCommon.panel_state``) and Med-NCA rules (``MedNCASegmentLib.panel``),
+and the module file's structure (Slicer's scripted-module conventions, no torch at load time).
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import threading
+import types
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+import slicer
+from conftest import REPO_ROOT
+
+from EfficientSegmentationCommon import torch_setup
+from EfficientSegmentationCommon.background import BackgroundJob, JobState, JobStatus
+from EfficientSegmentationCommon.panel_state import (
+    CANCEL,
+    ERROR_STYLE,
+    FINISH,
+    START,
+    WARNING_STYLE,
+    RunSummary,
+    SegmentPanel,
+    device_choices,
+    format_duration,
+)
+from EfficientSegmentationCommon.registry import ModelEntry, ModelRegistry
+from MedNCASegmentLib.logic import MedNCAResult
+from MedNCASegmentLib.panel import STAGE_NAMES, model_items, run_summary, segment_arguments, trained_settings
+
+MODULE = "MedNCASegment"
+MODULE_FILE = REPO_ROOT / MODULE / f"{MODULE}.py"
+UI_FILE = REPO_ROOT / MODULE / "Resources" / "UI" / f"{MODULE}.ui"
+
+# The class each widget must have for the code (and Slicer's GUI connectors) to work.
+EXPECTED_CLASSES = {
+    "inputsCollapsibleButton": "ctkCollapsibleButton",
+    "inputSelector": "qMRMLNodeComboBox",
+    "roiSelector": "qMRMLNodeComboBox",
+    "modelComboBox": "QComboBox",
+    "outputSelector": "qMRMLNodeComboBox",
+    "uncertaintyCheckBox": "QCheckBox",
+    "settingsCollapsibleButton": "ctkCollapsibleButton",
+    "trainedSettingsCheckBox": "QCheckBox",
+    "globalStepsSlider": "ctkSliderWidget",
+    "refinementStepsSlider": "ctkSliderWidget",
+    "downscaleSlider": "ctkSliderWidget",
+    "runsSlider": "ctkSliderWidget",
+    "advancedCollapsibleButton": "ctkCollapsibleButton",
+    "deviceComboBox": "QComboBox",
+    "seedSpinBox": "QSpinBox",
+    "segmentButton": "QPushButton",
+    "progressBar": "QProgressBar",
+    "statusLabel": "QLabel",
+    "resultLabel": "QLabel",
+}
+SLIDERS = ["globalStepsSlider", "refinementStepsSlider", "downscaleSlider", "runsSlider"]
+# Fields whose widgets are filled at run time (registry, GPU) and synced by hand, not by SlicerParameterName.
+HAND_SYNCED_FIELDS = {"model": "modelComboBox", "device": "deviceComboBox"}
+
+
+# -- reading the .ui and the module source ----------------------------------------------------
+
+
+def ui_root() -> ElementTree.Element:
+    return ElementTree.parse(UI_FILE).getroot()
+
+
+def ui_widgets() -> dict[str, ElementTree.Element]:
+    return {widget.get("name"): widget for widget in ui_root().iter("widget")}
+
+
+def own_property(widget: ElementTree.Element, name: str):
+    """A property set directly on ``widget`` (not on its children), as Python value, or None."""
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            value = prop[0]
+            if value.tag == "bool":
+                return value.text == "true"
+            if value.tag in ("number", "double"):
+                return float(value.text)
+            if value.tag == "stringlist":
+                return [item.text for item in value.findall("string")]
+            return value.text
+    return None
+
+
+def module_tree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text())
+
+
+def module_class(name: str) -> ast.ClassDef:
+    return next(node for node in module_tree().body if isinstance(node, ast.ClassDef) and node.name == name)
+
+
+def parameter_fields() -> dict[str, tuple[ast.expr, ast.expr | None]]:
+    """Fields of the parameterNodeWrapper class: name -> (annotation, default)."""
+    cls = module_class(f"{MODULE}ParameterNode")
+    assert any(ast.unparse(d) == "parameterNodeWrapper" for d in cls.decorator_list)
+    return {node.target.id: (node.annotation, node.value) for node in cls.body if isinstance(node, ast.AnnAssign)}
+
+
+def ui_attributes_used() -> set[str]:
+    """Names ``X`` of every ``self.ui.X`` in the module file."""
+    return {
+        node.attr
+        for node in ast.walk(module_tree())
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "ui" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"
+    }
+
+
+def bound_widgets() -> dict[str, str]:
+    """Widget name -> SlicerParameterName, for every bound widget."""
+    return {name: own_property(widget, "SlicerParameterName")
+            for name, widget in ui_widgets().items() if own_property(widget, "SlicerParameterName")}
+
+
+# -- the .ui against the code -----------------------------------------------------------------
+
+
+def test_every_widget_the_code_uses_exists_with_the_expected_class():
+    widgets = ui_widgets()
+    used = ui_attributes_used()
+    assert used, "the widget code uses no self.ui widgets?"
+    assert used <= set(EXPECTED_CLASSES), f"widgets used without an expected class: {used - set(EXPECTED_CLASSES)}"
+    for name in sorted(used):
+        assert name in widgets, f"self.ui.{name} is used in {MODULE}.py but missing from the .ui"
+        assert widgets[name].get("class") == EXPECTED_CLASSES[name], name
+    # every custom widget class used in the .ui is declared, so Designer and QUiLoader know it
+    declared = {c.find("class").text for c in ui_root().iter("customwidget")}
+    classes = {widget.get("class") for widget in widgets.values()}
+    assert {c for c in classes if not c.startswith("Q")} <= declared
+
+
+def test_the_ui_root_is_a_qmrmlwidget_that_passes_the_scene_to_every_node_selector():
+    root = ui_root()
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and root.find("class").text == MODULE
+    selectors = {name for name, w in ui_widgets().items() if w.get("class") == "qMRMLNodeComboBox"}
+    connected = {c.find("receiver").text for c in root.iter("connection")
+                 if c.find("signal").text == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.find("slot").text == "setMRMLScene(vtkMRMLScene*)" and c.find("sender").text == MODULE}
+    assert selectors == connected == {"inputSelector", "roiSelector", "outputSelector"}
+
+
+@pytest.mark.parametrize(("name", "node_type", "none_enabled", "add_enabled"), [
+    ("inputSelector", "vtkMRMLScalarVolumeNode", False, False),
+    ("roiSelector", "vtkMRMLMarkupsROINode", True, True),
+    ("outputSelector", "vtkMRMLSegmentationNode", True, True),
+])
+def test_node_selectors(name, node_type, none_enabled, add_enabled):
+    widget = ui_widgets()[name]
+    assert own_property(widget, "nodeTypes") == [node_type]
+    assert bool(own_property(widget, "noneEnabled")) == none_enabled
+    assert bool(own_property(widget, "addEnabled")) == add_enabled
+    if none_enabled:
+        assert own_property(widget, "noneDisplay")  # "Whole volume" / "Create new segmentation"
+
+
+def test_bound_widgets_match_parameter_node_fields_of_a_bindable_type():
+    """What Slicer's parameterNodeWrapper GUI connectors accept (guiConnectors.py): node combo
+    boxes a node field of their node type, ctkSliderWidget only a bounded float, QCheckBox a
+    bool, QSpinBox an int."""
+    fields = parameter_fields()
+    widgets = ui_widgets()
+    bound = bound_widgets()
+    assert len(set(bound.values())) == len(bound), "two widgets bound to one field"
+    for widget_name, field in bound.items():
+        assert field in fields, f"{widget_name} is bound to '{field}', which the parameter node does not have"
+        annotation, default = fields[field]
+        text = ast.unparse(annotation)
+        widget = widgets[widget_name]
+        kind = widget.get("class")
+        if kind == "qMRMLNodeComboBox":
+            assert own_property(widget, "nodeTypes") == [text], widget_name
+            assert default is None, "node fields default to None"
+        elif kind == "ctkSliderWidget":
+            assert isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated", text
+            base, *extras = annotation.slice.elts
+            assert ast.unparse(base) == "float", f"{field}: ctkSliderWidget binds only float fields"
+            within = next(e for e in extras if isinstance(e, ast.Call) and ast.unparse(e.func) == "WithinRange")
+            low, high = (ast.literal_eval(arg) for arg in within.args)
+            assert (own_property(widget, "minimum"), own_property(widget, "maximum")) == (low, high), field
+            assert low <= ast.literal_eval(default) <= high, field
+            assert own_property(widget, "decimals") == 0, "steps, factors and runs are whole numbers"
+        elif kind == "QCheckBox":
+            assert text == "bool", field
+        elif kind == "QSpinBox":
+            assert text == "int" or text.startswith("Annotated[int"), field
+        else:
+            pytest.fail(f"{widget_name}: no parameterNodeWrapper connector for {kind}")
+    unbound = set(fields) - set(bound.values())
+    assert unbound == set(HAND_SYNCED_FIELDS), f"fields without a widget: {unbound - set(HAND_SYNCED_FIELDS)}"
+
+
+def test_hand_synced_fields_are_written_from_their_combo_boxes():
+    source = MODULE_FILE.read_text()
+    widgets = ui_widgets()
+    for field, widget_name in HAND_SYNCED_FIELDS.items():
+        assert widgets[widget_name].get("class") == "QComboBox"
+        assert own_property(widgets[widget_name], "SlicerParameterName") is None
+        assert f"self._parameterNode.{field} = self.ui.{widget_name}.itemData(index)" in source
+        assert f"self.ui.{widget_name}, node.{field}" in source  # and shown from the parameter node
+
+
+@pytest.mark.parametrize("slider", SLIDERS)
+def test_sliders_have_tooltips_saying_what_they_trade(slider):
+    tooltip = own_property(ui_widgets()[slider], "toolTip") or ""
+    assert len(tooltip) > 80, f"{slider} needs a tooltip explaining the trade-off"
+    lowered = tooltip.lower()
+    assert any(word in lowered for word in ("faster", "slower", "time")), tooltip
+    assert any(word in lowered for word in ("more ", "larger", "fewer", "smaller")), tooltip
+
+
+def test_runs_tooltip_says_more_runs_cost_proportionally_more_time_for_a_better_mean_and_score():
+    tooltip = own_property(ui_widgets()["runsSlider"], "toolTip").lower()
+    assert "mean" in tooltip and "quality score" in tooltip and "proportion" in tooltip
+
+
+def test_device_and_seed_are_in_a_collapsed_advanced_section():
+    root = ui_root()
+    advanced = next(w for w in root.iter("widget") if w.get("name") == "advancedCollapsibleButton")
+    assert own_property(advanced, "collapsed") is True
+    inside = {w.get("name") for w in advanced.iter("widget")}
+    assert {"deviceComboBox", "seedSpinBox"} <= inside
+
+
+def test_segment_button_starts_disabled_and_every_input_has_a_tooltip():
+    widgets = ui_widgets()
+    assert own_property(widgets["segmentButton"], "text") == "Segment"
+    assert own_property(widgets["segmentButton"], "enabled") is False
+    for name, widget in widgets.items():
+        if widget.get("class") in ("qMRMLNodeComboBox", "QComboBox", "QCheckBox", "ctkSliderWidget", "QSpinBox"):
+            assert own_property(widget, "toolTip"), f"{name} has no tooltip"
+
+
+# -- module structure: Slicer's scripted-module template, no torch at load ------------------
+
+
+def test_module_follows_the_scripted_module_template():
+    classes = {node.name: node for node in module_tree().body if isinstance(node, ast.ClassDef)}
+    bases = {name: [ast.unparse(b) for b in node.bases] for name, node in classes.items()}
+    assert bases[MODULE] == ["ScriptedLoadableModule"]
+    assert bases[f"{MODULE}Widget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert bases[f"{MODULE}Logic"] == ["ScriptedLoadableModuleLogic"]
+    assert bases[f"{MODULE}Test"] == ["ScriptedLoadableModuleTest"]
+    methods = {name: {f.name for f in node.body if isinstance(f, ast.FunctionDef)} for name, node in classes.items()}
+    assert {"setup", "cleanup", "enter", "exit", "onSceneStartClose", "onSceneEndClose", "initializeParameterNode",
+            "setParameterNode", "_checkCanApply"} <= methods[f"{MODULE}Widget"]
+    assert {"getParameterNode", "segment", "prepare", "compute", "finish"} <= methods[f"{MODULE}Logic"]
+    assert {"setUp", "runTest"} <= methods[f"{MODULE}Test"]
+    source = MODULE_FILE.read_text()
+    assert 'slicer.util.loadUI(self.resourcePath("UI/MedNCASegment.ui"))' in source
+    assert "self._parameterNode.connectGui(self.ui)" in source
+    assert "self._parameterNode.disconnectGui(self._parameterNodeGuiTag)" in source
+
+
+def test_the_logic_delegates_to_the_library_logic_imported_lazily():
+    logic = module_class(f"{MODULE}Logic")
+    lazy_imports = [node for node in ast.walk(logic) if isinstance(node, ast.ImportFrom)]
+    assert any(node.module == "MedNCASegmentLib.logic" for node in lazy_imports)
+    top_level = {node.module for node in module_tree().body if isinstance(node, ast.ImportFrom)}
+    assert "MedNCASegmentLib.logic" not in top_level
+
+
+def test_widget_runs_the_work_in_a_background_job_polled_by_a_timer():
+    widget = module_class(f"{MODULE}Widget")
+    source = ast.unparse(widget)
+    assert "BackgroundJob()" in source and "qt.QTimer()" in source and "self._job.poll()" in source
+    assert "self.logic.prepare(" in source and "logic.compute(" in source and "self.logic.finish(" in source
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """Top-level package names imported when ``path`` is loaded (function bodies excluded)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        for sub in ast.walk(node) if isinstance(node, (ast.If, ast.Try, ast.With)) else [node]:
+            if isinstance(sub, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in sub.names}
+            elif isinstance(sub, ast.ImportFrom) and sub.module and not sub.level:
+                names.add(sub.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", [
+    REPO_ROOT / "MedNCASegment" / "MedNCASegment.py",
+    REPO_ROOT / "OSSNetSegment" / "OSSNetSegment.py",
+    REPO_ROOT / "MedNCASegment" / "MedNCASegmentLib" / "panel.py",
+    REPO_ROOT / "Resources" / "Python" / "EfficientSegmentationCommon" / "panel_state.py",
+    REPO_ROOT / "Resources" / "Python" / "EfficientSegmentationCommon" / "torch_setup.py",
+], ids=lambda p: p.name)
+def test_no_torch_import_at_module_level(path):
+    assert "torch" not in top_level_imports(path)
+
+
+# -- the shared panel state machine -----------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def status(state: JobState, fraction: float = 0.0, message: str = "", result=None, error=None) -> JobStatus:
+    return JobStatus(state, fraction, message, result, error)
+
+
+def test_idle_panel_offers_segment_only_when_the_inputs_are_usable():
+    panel = SegmentPanel()
+    view = panel.view()
+    assert (view.state, view.button_text, view.button_enabled) == (JobState.IDLE, "Segment", True)
+    assert not view.progress_visible and view.settings_enabled and view.result_text == ""
+    panel.set_input_problem("No input volume: select a scalar volume to segment.")
+    view = panel.view()
+    assert not view.button_enabled and panel.click() is None
+    assert view.status_text.startswith("No input volume") and view.button_tooltip.startswith("No input volume")
+    with pytest.raises(RuntimeError, match="No input volume"):
+        panel.start()
+    panel.set_input_problem("")
+    assert panel.click() == START and panel.view().status_text == ""
+
+
+def test_idle_running_finished():
+    clock = FakeClock()
+    panel = SegmentPanel(stage_names=STAGE_NAMES, clock=clock)
+    panel.start()
+    view = panel.view()
+    assert (view.state, view.button_text, view.button_enabled) == (JobState.RUNNING, "Cancel", True)
+    assert not view.settings_enabled and view.progress_visible and panel.click() == CANCEL
+    with pytest.raises(RuntimeError, match="already running"):
+        panel.start()
+
+    assert panel.update(status(JobState.RUNNING, 0.0, "Loading model Med-NCA hippocampus")) is None
+    assert panel.view().progress_text == "Loading model Med-NCA hippocampus"
+    clock.now += 30.0
+    panel.update(status(JobState.RUNNING, 0.25, "run 3/10: coarse step 5/24"))
+    view = panel.view()
+    assert view.progress_percent == 25
+    assert view.progress_text == "Run 3/10: global step 5/24 (about 1 min 30 s left)"
+    panel.update(status(JobState.RUNNING, 0.5, "run 6/10: fine step 2/16"))
+    assert panel.view().progress_text.startswith("Run 6/10: refinement step 2/16")
+
+    assert panel.update(status(JobState.FINISHED, 0.9, "Done")) == FINISH
+    view = panel.view()
+    assert view.state is JobState.RUNNING and view.progress_text.startswith("Writing the result")
+    panel.report(0.95, "Writing segmentation")
+    panel.finished(RunSummary(seconds=75, quality={"anterior hippocampus": 0.0123, "posterior hippocampus": 0.02},
+                              quality_name="quality score (NQM)", warning_threshold=0.1, output_name="case Med-NCA"))
+    view = panel.view()
+    assert (view.state, view.button_text, view.button_enabled) == (JobState.FINISHED, "Segment", True)
+    assert view.progress_percent == 100 and view.progress_text == "Done" and view.settings_enabled
+    assert view.result_style == "" and not view.result_is_warning
+    assert "Done in 1 min 15 s: 'case Med-NCA'." in view.result_text
+    assert "Quality score (NQM) (lower is better, warning above 0.1): anterior hippocampus 0.012, " \
+           "posterior hippocampus 0.020." in view.result_text
+    panel.start()  # a new run clears the old result
+    assert panel.view().result_text == "" and panel.fraction == 0.0
+
+
+def test_running_cancelling_cancelled_then_idle():
+    panel = SegmentPanel()
+    panel.start()
+    assert panel.click() == CANCEL and panel.cancel() is True
+    view = panel.view()
+    assert (view.state, view.button_text, view.button_enabled) == (JobState.CANCELLING, "Cancelling...", False)
+    assert panel.click() is None and panel.cancel() is False and not view.settings_enabled
+    panel.update(status(JobState.CANCELLING, 0.4, "Cancelling"))
+    assert panel.state is JobState.CANCELLING
+    panel.update(status(JobState.CANCELLED, 0.4, "Cancelled"))
+    view = panel.view()
+    assert (view.state, view.button_text, view.button_enabled) == (JobState.CANCELLED, "Segment", True)
+    assert view.progress_text == "Cancelled" and "scene was left as it was" in view.result_text
+    panel.reset()
+    view = panel.view()
+    assert view.state is JobState.IDLE and not view.progress_visible and view.result_text == ""
+
+
+def test_a_cancel_wins_over_a_computation_that_finished_anyway():
+    panel = SegmentPanel()
+    panel.start()
+    panel.cancel()
+    assert panel.update(status(JobState.FINISHED, 0.9, "Done", result=object())) is None
+    assert panel.state is JobState.CANCELLED
+
+
+def test_running_failed_with_its_message():
+    panel = SegmentPanel()
+    panel.start()
+    panel.update(status(JobState.RUNNING, 0.3, "run 1/2: coarse step 3/24"))
+    panel.update(status(JobState.FAILED, 0.3, "The weights of model 'x' are missing: /m.pt",
+                        error=ValueError("The weights of model 'x' are missing: /m.pt")))
+    view = panel.view()
+    assert (view.state, view.button_text, view.button_enabled) == (JobState.FAILED, "Segment", True)
+    assert view.result_text == "Segmentation failed: The weights of model 'x' are missing: /m.pt"
+    assert view.result_style == ERROR_STYLE and view.progress_percent == 30
+    # failing while writing the result on the main thread
+    panel.start()
+    assert panel.update(status(JobState.FINISHED, 0.9)) == FINISH
+    panel.failed("Slicer could not import the label map")
+    assert panel.view().result_text.endswith("could not import the label map")
+
+
+def test_progress_never_goes_back_and_percent_signs_are_escaped_for_qprogressbar():
+    panel = SegmentPanel()
+    panel.start()
+    panel.report(0.6, "far")
+    panel.report(0.2, "back?")
+    panel.report(7.0, "beyond")
+    assert panel.fraction == 1.0
+    panel.report(0.5, "50% of the slices")
+    assert panel.view().progress_format == "50%% of the slices (%p%)"
+    idle = SegmentPanel()
+    idle.report(0.5, "ignored while idle")
+    assert idle.fraction == 0.0 and idle.view().progress_format == "%p%"
+
+
+def test_a_likely_failure_is_a_red_warning():
+    panel = SegmentPanel()
+    panel.start()
+    panel.update(status(JobState.FINISHED, 0.9))
+    panel.finished(RunSummary(seconds=8, quality={"anterior hippocampus": 0.4}, likely_failure=True,
+                              warning_threshold=0.25, warnings=["High quality score: the segmentation is likely wrong."]))
+    view = panel.view()
+    assert view.result_style == WARNING_STYLE and view.result_is_warning and "color: #d32f2f" in WARNING_STYLE
+    assert "WARNING: High quality score: the segmentation is likely wrong." in view.result_text
+
+
+def test_a_real_background_job_driven_through_the_panel():
+    job, panel = BackgroundJob(), SegmentPanel(stage_names=STAGE_NAMES)
+    release = threading.Event()
+
+    def work(progress, cancel):
+        progress(0.5, "run 1/2: coarse step 12/24")
+        release.wait(5)
+        return "computed"
+
+    panel.start()
+    job.start(work)
+    release.set()
+    final = job.wait(5)
+    assert panel.update(final) == FINISH and final.result == "computed"
+    panel.finished(RunSummary(seconds=1.0))
+    assert panel.state is JobState.FINISHED
+
+    job2, panel2 = BackgroundJob(), SegmentPanel()
+    started = threading.Event()
+
+    def endless(progress, cancel):
+        started.set()
+        while True:
+            cancel.raise_if_set()
+            progress(0.1, "working")
+
+    panel2.start()
+    job2.start(endless)
+    started.wait(5)
+    assert panel2.cancel()
+    job2.cancel()
+    panel2.update(job2.wait(5))
+    assert panel2.state is JobState.CANCELLED
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.4, "0 s"), (8, "8 s"), (60, "1 min"), (125, "2 min 5 s"),
+                                                (3600, "1 h"), (3780, "1 h 3 min")])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_device_choices():
+    assert device_choices(False) == ["cpu"] and device_choices(True) == ["cpu", "cuda"]
+
+
+# -- Med-NCA panel rules ----------------------------------------------------------------------
+
+
+def panel_parameters(**changes):
+    values = dict(inputVolume=None, inputROI=None, model="mednca2d-hippocampus", outputSegmentation=None,
+                  createUncertaintyVolume=False, useTrainedSettings=True, globalSteps=24.0, refinementSteps=16.0,
+                  downscale=4.0, runs=10.0, device="cpu", seed=0, keepLargestComponent=True)
+    values.update(changes)
+    return types.SimpleNamespace(**values)
+
+
+def test_segment_arguments_leave_stage_settings_to_the_model_by_default():
+    arguments = segment_arguments(panel_parameters())
+    assert arguments == {"model": "mednca2d-hippocampus", "globalSteps": None, "refinementSteps": None,
+                         "downscale": None, "runs": 10, "device": "cpu", "roi": None, "outputSegmentation": None,
+                         "uncertaintyVolume": False, "seed": 0, "keepLargestComponent": True}
+
+
+def test_segment_arguments_turn_slider_floats_into_integers():
+    roi, output = object(), object()
+    arguments = segment_arguments(panel_parameters(
+        useTrainedSettings=False, globalSteps=11.6, refinementSteps=3.0, downscale=2.0, runs=1.0, model="",
+        device="", inputROI=roi, outputSegmentation=output, createUncertaintyVolume=True, seed=7,
+        keepLargestComponent=False))
+    assert arguments == {"model": None, "globalSteps": 12, "refinementSteps": 3, "downscale": 2, "runs": 1,
+                         "device": "cpu", "roi": roi, "outputSegmentation": output, "uncertaintyVolume": True,
+                         "seed": 7, "keepLargestComponent": False}
+    assert all(type(arguments[k]) is int for k in ("globalSteps", "refinementSteps", "downscale", "runs", "seed"))
+
+
+def test_segment_arguments_are_the_logics_keywords():
+    from MedNCASegmentLib.logic import MedNCASegmentLogic
+
+    code = MedNCASegmentLogic.prepare.__code__
+    keywords = set(code.co_varnames[2:code.co_argcount])  # after self, inputVolume
+    assert set(segment_arguments(panel_parameters())) == keywords
+
+
+def test_trained_settings_fill_the_sliders():
+    from MedNCASegmentLib.nca import MedNCAConfig  # torch is fine in the headless tests
+
+    config = MedNCAConfig(coarse_steps=30, fine_steps=12, downscale=2)
+    assert trained_settings(config) == {"globalSteps": 30.0, "refinementSteps": 12.0, "downscale": 2.0}
+
+
+def test_model_items_from_the_real_registry(tmp_path):
+    registry = ModelRegistry.default()
+    entries = [entry for entry in registry.entries if entry.method == "mednca"]
+    items = model_items(entries)
+    assert [item.model_id for item in items] == [entry.id for entry in entries] and items
+    for item, entry in zip(items, entries):
+        assert item.available == entry.path.exists()
+        assert item.text.startswith(entry.title) and entry.description in item.tooltip
+    missing = ModelEntry(id="x", title="Missing model", method="mednca", task="t", inputs=("T1",), segments=(),
+                         path=tmp_path / "nothing.pt")
+    (item,) = model_items([missing])
+    assert not item.available and item.text == "Missing model (weights not installed)"
+    assert item.tooltip.splitlines()[-1] == f"Weights file missing: {tmp_path / 'nothing.pt'}"
+
+
+def result(quality, threshold, warnings=()):
+    node = slicer.vtkMRMLSegmentationNode()
+    node.SetName("hippocampus_001 Med-NCA")
+    return MedNCAResult(node, quality, None, 12.0, list(warnings), quality_warning_threshold=threshold)
+
+
+def test_run_summary_of_a_good_result():
+    summary = run_summary(result({"anterior hippocampus": 0.01, "posterior hippocampus": 0.02}, 0.1), runs=10)
+    assert summary.quality_name == "quality score (NQM)" and summary.warning_threshold == 0.1
+    assert not summary.likely_failure and summary.output_name == "hippocampus_001 Med-NCA"
+    panel = SegmentPanel()
+    panel.start()
+    panel.finished(summary)
+    assert "NQM" in panel.view().result_text and not panel.view().result_is_warning
+
+
+def test_run_summary_warns_in_red_when_the_logic_flags_a_likely_failure():
+    bad = result({"anterior hippocampus": 0.5, "posterior hippocampus": 0.02}, 0.1,
+                 ["High quality score (NQM above 0.1): the segmentation is likely wrong."])
+    assert bad.likely_failure
+    summary = run_summary(bad, runs=10)
+    assert summary.likely_failure
+    panel = SegmentPanel()
+    panel.start()
+    panel.finished(summary)
+    view = panel.view()
+    assert view.result_is_warning and "likely wrong" in view.result_text
+
+
+def test_one_run_has_no_quality_score():
+    summary = run_summary(result({"anterior hippocampus": 0.0, "posterior hippocampus": 0.0}, 0.1), runs=1)
+    assert summary.quality == {} and "at least 2 stochastic runs" in summary.warnings[0]
+
+
+# -- getting torch through Slicer's PyTorch extension ---------------------------------------
+
+
+class FakePyTorchUtilsLogic:
+    installed = False
+    answer = object()  # what installTorch returns: the torch module, or None when the user declines
+    calls: list = []
+
+    @staticmethod
+    def torchInstalled():
+        return FakePyTorchUtilsLogic.installed
+
+    def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+        FakePyTorchUtilsLogic.calls.append((askConfirmation, torchVersionRequirement))
+        return FakePyTorchUtilsLogic.answer
+
+
+@pytest.fixture
+def no_torch(monkeypatch):
+    """As in a fresh Slicer: torch not installed, the PyTorch extension's PyTorchUtils present."""
+    monkeypatch.setattr(torch_setup, "torch_installed", lambda: False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FakePyTorchUtilsLogic))
+    FakePyTorchUtilsLogic.installed = False
+    FakePyTorchUtilsLogic.answer = object()
+    FakePyTorchUtilsLogic.calls = []
+
+
+def test_torch_present_needs_nothing():
+    assert torch_setup.torch_installed() and torch_setup.ensure_torch()
+
+
+def test_missing_torch_is_installed_through_pytorchutils_after_confirmation(no_torch):
+    assert torch_setup.ensure_torch(ask_confirmation=True) is True
+    assert FakePyTorchUtilsLogic.calls == [(True, f">={torch_setup.MINIMUM_TORCH_VERSION}")]
+
+
+def test_declining_the_install_is_not_an_error(no_torch):
+    FakePyTorchUtilsLogic.answer = None
+    assert torch_setup.ensure_torch() is False
+
+
+def test_pytorchutils_reporting_torch_installed_skips_the_install(no_torch):
+    FakePyTorchUtilsLogic.installed = True
+    assert torch_setup.ensure_torch() is True and FakePyTorchUtilsLogic.calls == []
+
+
+def test_without_the_pytorch_extension_the_message_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(torch_setup, "torch_installed", lambda: False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import raises ModuleNotFoundError
+    with pytest.raises(torch_setup.TorchUnavailableError, match="Extensions Manager"):
+        torch_setup.ensure_torch()
+    assert torch_setup.cuda_available() is False
+
+
+def test_check_device():
+    torch_setup.check_device("cpu")
+    with pytest.raises(ValueError, match="Unknown device"):
+        torch_setup.check_device("tpu")
+    if not torch_setup.cuda_available():
+        with pytest.raises(ValueError, match="No CUDA GPU"):
+            torch_setup.check_device("cuda")

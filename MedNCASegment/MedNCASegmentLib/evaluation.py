@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from EfficientSegmentationCommon.hardware import hardware_description
 from EfficientSegmentationCommon.metrics import dice, hd95
 
 from .data import CLASS_COLORS, CLASS_NAMES, load_case, read_split
 from .inference import segment
-from .model_io import hardware_description, load_model
+from .model_io import load_model
 from .training import DEFAULT_DATA, DEFAULT_SPLIT
 
 REGIONS = {"foreground": (1, 2), "anterior": (1,), "posterior": (2,)}
@@ -81,7 +82,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def write_card(model_path: Path, split_path: Path, runs: int, seed: int, rows: list[dict], summary: dict,
-               training_hardware: str | None = None) -> Path:
+               training_hardware: str | None = None, training_note: str | None = None) -> Path:
     """Write <weights>.json (registry) and <weights>.md (people) beside the weights.
 
     The JSON also carries what the registry needs to use the file as a user's own model
@@ -103,7 +104,8 @@ def write_card(model_path: Path, split_path: Path, runs: int, seed: int, rows: l
         "data": "Medical Segmentation Decathlon Task04 Hippocampus (Simpson et al. 2019; Antonelli et al. 2022), "
                 "208 labelled cases as in ../shared/data/Task04_Hippocampus; CC-BY-SA 4.0",
         "split": {"file": str(split_path.name), "train": len(split["train"]), "validation": len(split["validation"])},
-        "training": {k: metadata.get(k) for k in ("command", "seed", "iterations", "train_minutes", "threads")},
+        "training": {**{k: metadata.get(k) for k in ("command", "seed", "iterations", "train_minutes", "threads")},
+                     "note": training_note},
         "training_hardware": metadata.get("hardware") or training_hardware,
         "evaluation": {"runs": runs, "seed": seed, "grid": "native 1 mm", "metrics": "dense whole-volume hard Dice/HD95",
                        "inference": "every second run mirrored left-right; largest connected structure kept",
@@ -127,6 +129,7 @@ def card_markdown(card: dict) -> str:
              "## Training", "", f"- command: `{card['training']['command']}`",
              f"- seed {card['training']['seed']}, {card['training']['iterations']} iterations, "
              f"{card['training']['train_minutes']} minutes on {card['training_hardware']}",
+             *([f"- {card['training']['note']}"] if card["training"].get("note") else []),
              f"- parameters: {card['parameters']}; file size {card['file_bytes']} bytes",
              f"- configuration: `{json.dumps(card['config'])}`", "",
              f"## Validation ({card['split']['validation']} cases, {card['evaluation']['runs']} stochastic runs, "
@@ -154,13 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--training-hardware", default=None,
                         help="where the weights were trained, if their metadata does not say (default: this machine)")
+    parser.add_argument("--training-note", default=None, help="anything the card should say about the training run")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = evaluate_cases(args.weights, args.data, read_split(args.split)["validation"], args.runs, args.seed)
     summary = summarize(rows)
     print(json.dumps(summary, indent=1))
     print("card:", write_card(args.weights, args.split, args.runs, args.seed, rows, summary,
-                                     args.training_hardware or hardware_description()))
+                                     args.training_hardware or hardware_description(), args.training_note))
     return 0
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +30,3 @@ def load_model(path: Path, device: str = "cpu") -> tuple[MedNCA, dict[str, Any]]
         raise ValueError(f"{path} is not a Med-NCA model file: {error}") from error
     model.to(device).eval()
     return model, payload.get("metadata", {})
-
-
-def hardware_description() -> str:
-    """CPU model and core count of this machine (the card records where figures were measured)."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"

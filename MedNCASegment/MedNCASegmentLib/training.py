@@ -30,10 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from EfficientSegmentationCommon.hardware import hardware_description
+
 from .augmentation import augment
 from .data import Case, case_ids, load_case, read_split
 from .inference import segment
-from .model_io import hardware_description, save_model
+from .model_io import save_model
 from .nca import MedNCA, default_config
 from .preprocessing import normalize_intensity, slice_stack
 
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     save_model(args.output, model, {"iterations": args.iterations, "seed": args.seed,
                                     "train_minutes": round(elapsed / 60, 1), "threads": args.threads,
-                                    "command": " ".join(sys.argv), "history": history,
+                                    "command": " ".join(["python -m MedNCASegmentLib.training", *sys.argv[1:]]), "history": history,
                                     "hardware": hardware_description(), "cpu_minutes": round(time.process_time() / 60, 1)})
     print(f"wrote {args.output} after {elapsed / 60:.1f} minutes", flush=True)
     return 0

@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from EfficientSegmentationCommon.hardware import hardware_description
 from EfficientSegmentationCommon.metrics import dice, hd95
 
 from .data import REGIONS, SEGMENT_COLOR, SEGMENT_NAME, Case, load_case, read_split
 from .inference import SegmentationResult, segment
-from .model_io import hardware_description, load_model
+from .model_io import load_model
 from .network import OSSNet
 from .preprocessing import centred_positions, resample_centred
 from .training import DEFAULT_DATA, DEFAULT_SPLIT

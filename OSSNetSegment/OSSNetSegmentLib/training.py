@@ -34,9 +34,11 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from EfficientSegmentationCommon.hardware import hardware_description
+
 from .data import Case, load_case, read_split
 from .inference import segment
-from .model_io import hardware_description, save_model
+from .model_io import save_model
 from .network import OSSNet, OSSNetConfig, default_config
 from .preprocessing import BACKGROUND, Transform, VolumeSampler, centred_positions, encoder_grid_shape, normalize_images, sample
 

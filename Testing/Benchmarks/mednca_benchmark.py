@@ -112,7 +112,8 @@ def worker(spec_path: Path, result_path: Path) -> None:
     from EfficientSegmentationCommon.metrics import dice, hd95
     from MedNCASegmentLib.data import load_case, read_nifti_kji
     from MedNCASegmentLib.inference import segment
-    from MedNCASegmentLib.model_io import hardware_description, load_model
+    from EfficientSegmentationCommon.hardware import hardware_description
+    from MedNCASegmentLib.model_io import load_model
 
     torch.set_num_threads(spec["threads"])
     result: dict = {"imports_peak_mib": _peak_mib(), "imports_rss_mib": _current_mib(),
@@ -308,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nca", type=Path, default=DEFAULT_NCA, help="Med-NCA weights (default: the shipped model)")
     parser.add_argument("--unet", type=Path, required=True, help="UNet baseline state_dict (unet_baseline.py)")
+    parser.add_argument("--nca-matched", type=Path, default=None,
+                        help="Med-NCA weights saved when its training had used the UNet's budget (a weights_NNNNNN.pt "
+                             "of the training work dir): adds a row comparing both at the same budget")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT)
     parser.add_argument("--cases", type=int, default=None, help="only the first N validation cases")
@@ -324,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matmul-seconds", type=float, default=5.0, help="how long to time torch.matmul")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure (and per-case rows) here")
     args = parser.parse_args(argv)
-    for path in (args.nca, args.unet):
+    for path in (args.nca, args.unet, *([args.nca_matched] if args.nca_matched else [])):
         if not path.exists():
             parser.error(f"{path} does not exist")
 
@@ -340,16 +344,20 @@ def main(argv: list[str] | None = None) -> int:
         cases = split["validation"][: args.cases] if args.cases else split["validation"]
         models: dict = {}
         raw: dict = {}
-        for name, spec in ((f"Med-NCA (runs={args.runs})", {"model": "nca", "weights": str(args.nca), "runs": args.runs}),
-                           ("Med-NCA (runs=1)", {"model": "nca", "weights": str(args.nca), "runs": 1}),
-                           ("UNet", {"model": "unet", "weights": str(args.unet)})):
+        variants = [(f"Med-NCA (runs={args.runs})", {"model": "nca", "weights": str(args.nca), "runs": args.runs}),
+                    ("Med-NCA (runs=1)", {"model": "nca", "weights": str(args.nca), "runs": 1})]
+        if args.nca_matched:
+            variants.append(("Med-NCA at the UNet's budget (runs=1)",
+                             {"model": "nca", "weights": str(args.nca_matched), "runs": 1}))
+        variants.append(("UNet", {"model": "unet", "weights": str(args.unet)}))
+        for name, spec in variants:
             if name == "Med-NCA (runs=1)" and args.runs == 1:
                 continue
             result = measure({"task": "validation", "data": str(args.data), "cases": cases, **common, **spec}, args.threads)
             raw[name] = result
             models[name] = summarize_validation(result)
             report["hardware"] = result["hardware"]
-            if "metadata" in result:
+            if "metadata" in result and spec["weights"] == str(args.nca):
                 report["training"]["Med-NCA"] = result["metadata"]
         report["validation"] = {"split": args.split.name, "cases": len(cases), "models": models,
                                 "per_case": {name: r["rows"] for name, r in raw.items()}}

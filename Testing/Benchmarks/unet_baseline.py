@@ -37,7 +37,7 @@ import torch
 from MedNCASegmentLib.augmentation import augment
 from MedNCASegmentLib.data import load_case, read_split
 from MedNCASegmentLib.inference import decode_labels
-from MedNCASegmentLib.model_io import hardware_description
+from EfficientSegmentationCommon.hardware import hardware_description
 from MedNCASegmentLib.preprocessing import normalize_intensity, pad_to_multiple, slice_stack
 from MedNCASegmentLib.training import DEFAULT_DATA, DEFAULT_SPLIT, Sampler, segmentation_loss
 

@@ -127,6 +127,23 @@ def test_shared_package_cmakelists_lists_every_script():
     assert listed == {f"EfficientSegmentationCommon/{path.name}" for path in package.glob("*.py")}
 
 
+def test_model_registry_is_installed_and_every_model_ships_with_its_card():
+    """Models.json and its schema are installed beside the modules, and each registered model's
+    weights and card are in its module's folder and listed for installation."""
+    installed = cmake_list(REPO_ROOT / "Resources" / "CMakeLists.txt", "EfficientSegmentationRegistry_FILES")
+    assert installed == {"Models.json", "Models.schema.json"}
+    registry = json.loads((REPO_ROOT / "Resources" / "Models.json").read_text())
+    schema = json.loads((REPO_ROOT / "Resources" / "Models.schema.json").read_text())
+    required = set(schema["properties"]["models"]["items"]["required"])
+    for model in registry["models"]:
+        assert required <= set(model), model["id"]
+        module = model["module"]
+        resources = cmake_list(REPO_ROOT / module / "CMakeLists.txt", "MODULE_PYTHON_RESOURCES", {"MODULE_NAME": module})
+        for file in (model["file"], model["card"], str(Path(model["file"]).with_suffix(".json"))):
+            assert (REPO_ROOT / module / "Resources" / file).is_file(), file
+            assert f"Resources/{file}" in resources, file
+
+
 def test_extension_metadata_agrees_everywhere():
     cmake = cmake_variables(REPO_ROOT / "CMakeLists.txt")
     s4ext = {}

@@ -20,16 +20,13 @@ KJISlices = tuple[slice, slice, slice]
 
 def roi_corners_ras(roi_node) -> np.ndarray:
     """The eight corners (8, 3) of a ``vtkMRMLMarkupsROINode`` box in RAS, its rotation included."""
-    from vtkmodules.vtkCommonMath import vtkMatrix4x4
-
-    center, size = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
-    roi_node.GetCenter(center)  # in the ROI's object coordinates
-    roi_node.GetSize(size)
-    matrix = vtkMatrix4x4()
-    roi_node.GetObjectToWorldMatrix(matrix)
+    # The ROI's object coordinates have their origin at the box centre; ObjectToWorld holds the
+    # box's rotation and its centre (parent transforms included).
+    size = np.asarray(roi_node.GetSize(), dtype=float)
+    matrix = roi_node.GetObjectToWorldMatrix()
     object_to_world = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
     signs = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
-    corners = np.asarray(center) + signs * np.asarray(size)
+    corners = signs * size
     return corners @ object_to_world[:3, :3].T + object_to_world[:3, 3]
 
 

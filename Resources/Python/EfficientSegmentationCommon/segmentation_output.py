@@ -96,13 +96,19 @@ def export_segmentation_labels(scene, seg_node, reference_volume, segments: Sequ
         if not segment_id:
             raise ValueError(f"Segmentation '{seg_node.GetName()}' has no segment named '{spec.name}'.")
         segment_ids.InsertNextValue(segment_id)
+    # The export adds a label map, its display node and a colour table; all of them are removed
+    # again, so that exporting leaves the scene as it was.
+    ids_before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__EfficientSegmentation_export__")
     try:
         if not segmentations_logic(scene).ExportSegmentsToLabelmapNode(seg_node, segment_ids, labelmap, reference_volume):
             raise RuntimeError(f"Slicer could not export segmentation '{seg_node.GetName()}' to a label map.")
         consecutive = np.array(voxel_view(labelmap))
     finally:
-        scene.RemoveNode(labelmap)
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for node in reversed([node for node in added if node.GetID() not in ids_before]):
+            if scene.IsNodePresent(node):
+                scene.RemoveNode(node)
     # The export numbers segments 1..N in the order given; map back to the declared values.
     to_declared = np.array([0] + [spec.label_value for spec in segments])
     return to_declared[consecutive]

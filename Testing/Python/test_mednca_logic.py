@@ -1,0 +1,208 @@
+"""Med-NCA segmentation through the module's logic and its CLI, headless, on real hippocampus MRI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import HIPPOCAMPUS, REPO_ROOT, hippocampus_paths, load_case
+from EfficientSegmentationCommon.errors import CancelledError, InputVolumeError
+from EfficientSegmentationCommon.geometry import VolumeGeometry
+from EfficientSegmentationCommon.metrics import dice
+from EfficientSegmentationCommon.progress import CancelRequest
+from EfficientSegmentationCommon.resampling import resample, resample_labels
+from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels, write_scalar_volume
+from MedNCASegmentLib import cli
+from MedNCASegmentLib.logic import QUALITY_ATTRIBUTE, MedNCASegmentLogic
+
+MODELS = REPO_ROOT / "MedNCASegment" / "Resources" / "Models"
+CARD = json.loads((MODELS / "mednca2d_hippocampus.json").read_text())
+CARD_DICE = {row["case"]: row for row in CARD["per_case"]}
+VALIDATION_CASE = json.loads((MODELS / "hippocampus_split.json").read_text())["validation"][0]
+RUNS = 2  # enough for the mechanics; Dice checks use the card's own runs and seed
+
+
+@pytest.fixture
+def logic(scene) -> MedNCASegmentLogic:
+    return MedNCASegmentLogic(scene)
+
+
+def node_names(scene) -> list[str]:
+    return [scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes())]
+
+
+def segment_names(segmentation_node) -> list[str]:
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+
+
+def test_segments_a_validation_volume_as_the_model_card_says(scene, logic) -> None:
+    case = load_case(scene, VALIDATION_CASE)
+    progress: list[float] = []
+    result = logic.segment(case.volume, runs=CARD["evaluation"]["runs"], seed=CARD["evaluation"]["seed"],
+                           progressCallback=lambda fraction, message: progress.append(fraction))
+    assert segment_names(result.segmentation) == ["anterior hippocampus", "posterior hippocampus"]
+    labels = export_segmentation_labels(scene, result.segmentation, case.volume, logic.model_entry(None).segments)
+    assert abs(dice(labels > 0, case.labels > 0) - CARD_DICE[VALIDATION_CASE]["dice_foreground"]) <= 0.02
+    assert abs(dice(labels == 1, case.labels == 1) - CARD_DICE[VALIDATION_CASE]["dice_anterior"]) <= 0.02
+    assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
+    assert set(result.quality) == {"anterior hippocampus", "posterior hippocampus"}
+    stored = result.segmentation.GetAttribute(f"{QUALITY_ATTRIBUTE}.anterior hippocampus")
+    assert float(stored) == pytest.approx(result.quality["anterior hippocampus"], abs=1e-4)
+    np.testing.assert_array_equal(case.image, load_case(scene, VALIDATION_CASE).image)  # input untouched
+
+
+def test_oblique_anisotropic_input_is_segmented_in_its_own_geometry(scene, logic) -> None:
+    """The same anatomy on a rotated grid with 1 x 1 x 1.3 mm voxels: the result lands on it."""
+    case = load_case(scene, VALIDATION_CASE)
+    angle = np.radians(20)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    spacing = np.array([1.0, 1.0, 1.3])
+    extent = np.array(case.geometry.shape_ijk) * np.array(case.geometry.spacing)
+    shape_ijk = np.round(extent / spacing).astype(int)
+    centre = case.geometry.voxel_to_ras((np.array(case.geometry.shape_ijk) - 1) / 2)
+    origin = centre - rotation @ (spacing * (shape_ijk - 1) / 2)
+    oblique = VolumeGeometry.compose(tuple(shape_ijk[::-1]), spacing, origin, rotation)
+    volume = write_scalar_volume(scene, resample(case.image, case.geometry, oblique), oblique, "oblique")
+    truth = resample_labels(case.labels, case.geometry, oblique, (1, 2))
+    straight = logic.segment(case.volume, runs=RUNS)
+    tilted = logic.segment(volume, runs=RUNS)
+    entry = logic.model_entry(None)
+    straight_labels = export_segmentation_labels(scene, straight.segmentation, case.volume, entry.segments)
+    tilted_labels = export_segmentation_labels(scene, tilted.segmentation, volume, entry.segments)
+    assert tilted_labels.shape == oblique.shape_kji
+    reference = dice(straight_labels > 0, case.labels > 0)
+    assert dice(tilted_labels > 0, truth > 0) >= reference - 0.05
+
+
+def test_roi_crops_the_input_and_places_the_result_back(scene, logic) -> None:
+    """A hippocampus crop embedded in a larger, empty field of view, segmented through an ROI."""
+    case = load_case(scene, VALIDATION_CASE)
+    margin = (6, 10, 8)  # K, J, I voxels on each side
+    big = np.zeros(tuple(n + 2 * m for n, m in zip(case.image.shape, margin)), np.float32)
+    inner = tuple(slice(m, m + n) for m, n in zip(margin, case.image.shape))
+    big[inner] = case.image
+    matrix = case.geometry.ijk_to_ras.copy()
+    matrix[:3, 3] = case.geometry.voxel_to_ras(-np.array(margin[::-1], float))
+    geometry = VolumeGeometry(matrix, big.shape)
+    volume = write_scalar_volume(scene, big, geometry, "embedded")
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "hippocampus box")
+    low = case.geometry.voxel_to_ras((0, 0, 0))
+    high = case.geometry.voxel_to_ras(np.array(case.geometry.shape_ijk) - 1)
+    roi.SetCenter(*((low + high) / 2))
+    roi.SetSize(*(np.abs(high - low) + 0.5))
+
+    direct = logic.segment(case.volume, runs=RUNS, seed=3)
+    cropped = logic.segment(volume, roi=roi, runs=RUNS, seed=3)
+    entry = logic.model_entry(None)
+    direct_labels = export_segmentation_labels(scene, direct.segmentation, case.volume, entry.segments)
+    full = export_segmentation_labels(scene, cropped.segmentation, volume, entry.segments)
+    assert full.shape == big.shape
+    outside = full.copy()
+    outside[inner] = 0
+    assert not outside.any()
+    assert dice(full[inner] > 0, direct_labels > 0) >= 0.99
+
+
+def test_cancel_mid_run_leaves_the_scene_as_it_was(scene, logic) -> None:
+    case = load_case(scene, VALIDATION_CASE)
+    existing = logic.segment(case.volume, runs=1)
+    names_before = node_names(scene)
+    segments_before = segment_names(existing.segmentation)
+    labels_before = export_segmentation_labels(scene, existing.segmentation, case.volume, logic.model_entry(None).segments)
+    cancel = CancelRequest()
+
+    def cancel_half_way(fraction: float, message: str) -> None:
+        if fraction > 0.5:
+            cancel.cancel()
+
+    with pytest.raises(CancelledError):
+        logic.segment(case.volume, runs=RUNS, outputSegmentation=existing.segmentation, uncertaintyVolume=True,
+                      progressCallback=cancel_half_way, cancelRequest=cancel)
+    assert node_names(scene) == names_before
+    assert segment_names(existing.segmentation) == segments_before
+    np.testing.assert_array_equal(
+        export_segmentation_labels(scene, existing.segmentation, case.volume, logic.model_entry(None).segments),
+        labels_before)
+
+
+def test_cancel_while_writing_restores_the_overwritten_output(scene, logic) -> None:
+    case = load_case(scene, VALIDATION_CASE)
+    existing = logic.segment(case.volume, runs=1)
+    names_before = node_names(scene)
+    cancel = CancelRequest()
+    job = logic.prepare(case.volume, runs=1, outputSegmentation=existing.segmentation, uncertaintyVolume=True)
+    computed = logic.compute(job)
+    computed.labels[:] = 0  # an empty result, to see that the old one comes back
+    cancel.cancel()
+    with pytest.raises(CancelledError):
+        logic.finish(job, computed, cancelRequest=cancel)
+    assert node_names(scene) == names_before
+    restored = export_segmentation_labels(scene, existing.segmentation, case.volume, logic.model_entry(None).segments)
+    assert restored.any()
+
+
+def test_uncertainty_volume_and_overwriting_an_output(scene, logic) -> None:
+    case = load_case(scene, VALIDATION_CASE)
+    first = logic.segment(case.volume, runs=RUNS)
+    again = logic.segment(case.volume, runs=RUNS, outputSegmentation=first.segmentation, uncertaintyVolume=True)
+    assert again.segmentation is first.segmentation
+    assert segment_names(again.segmentation) == ["anterior hippocampus", "posterior hippocampus"]
+    assert again.uncertainty is not None
+    spread = VolumeGeometry.from_volume_node(again.uncertainty)
+    assert spread == case.geometry
+
+
+def test_bad_inputs_give_clear_errors(scene, logic) -> None:
+    case = load_case(scene, VALIDATION_CASE)
+    with pytest.raises(InputVolumeError, match="No input volume"):
+        logic.segment(None)
+    with pytest.raises(InputVolumeError, match="Unknown model 'nope'"):
+        logic.segment(case.volume, model="nope")
+    with pytest.raises(InputVolumeError, match="does not exist"):
+        logic.segment(case.volume, model="/nowhere/model.pt")
+    flat = write_scalar_volume(scene, case.image[:1], VolumeGeometry(case.geometry.ijk_to_ras, (1, *case.image.shape[1:])),
+                               "one slice")
+    with pytest.raises(InputVolumeError, match="single slice"):
+        logic.segment(flat)
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "far away")
+    roi.SetCenter(500, 500, 500)
+    roi.SetSize(10, 10, 10)
+    with pytest.raises(InputVolumeError, match="does not overlap"):
+        logic.segment(case.volume, roi=roi)
+    with pytest.raises(ValueError, match="runs"):
+        logic.segment(case.volume, runs=0)
+
+
+def test_cli_segments_several_files_and_survives_a_bad_one(tmp_path, capsys) -> None:
+    image, labels_path = hippocampus_paths(VALIDATION_CASE)
+    missing = tmp_path / "missing.nii.gz"
+    status = cli.main([str(image), str(missing), "-o", str(tmp_path / "out"), "--format", "nii.gz",
+                       "--runs", str(CARD["evaluation"]["runs"]), "--seed", str(CARD["evaluation"]["seed"])])
+    printed = capsys.readouterr().out
+    assert status == 1
+    assert "missing.nii.gz" in printed and "no such file" in printed
+    assert "1 of 2 segmented" in printed and "quality score" in printed
+    import nibabel
+
+    written = np.asarray(nibabel.load(str(tmp_path / "out" / f"{VALIDATION_CASE}.nii.gz")).dataobj)
+    truth = np.asarray(nibabel.load(str(labels_path)).dataobj)
+    assert written.shape == truth.shape and set(np.unique(written)) <= {0, 1, 2}
+    assert abs(dice(written > 0, truth > 0) - CARD_DICE[VALIDATION_CASE]["dice_foreground"]) <= 0.02
+
+
+def test_quality_score_flags_an_implausible_input_but_not_a_good_one(scene, logic) -> None:
+    """NQM against the card's threshold: a validation T1 passes; the same voxels in random order
+    (an image with no anatomy, as from a wrong series or a broken file) are flagged."""
+    case = load_case(scene, VALIDATION_CASE)
+    runs, seed = CARD["evaluation"]["runs"], CARD["evaluation"]["seed"]
+    good = logic.segment(case.volume, runs=runs, seed=seed)
+    assert good.quality_warning_threshold == CARD["quality_warning_threshold"]
+    assert not good.likely_failure and not good.warnings
+    scrambled = np.random.default_rng(0).permutation(case.image.ravel()).reshape(case.image.shape)
+    noise = write_scalar_volume(scene, scrambled.astype(np.float32), case.geometry, "scrambled")
+    bad = logic.segment(noise, runs=runs, seed=seed)
+    assert bad.likely_failure
+    assert "likely wrong" in bad.warnings[0]

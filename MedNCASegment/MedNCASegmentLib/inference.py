@@ -16,6 +16,12 @@ from scipy import ndimage
 from .nca import MedNCA, MedNCAConfig
 from .preprocessing import normalize_intensity, pad_to_multiple, slice_stack
 
+# Pixels (slices x rows x columns) the 2D automaton updates at once. The state of every pixel is
+# 32 channels plus a 128-wide hidden layer, so this bounds the automaton's working memory whatever
+# the volume's size (measured in Testing/Benchmarks/RESULTS.md). Hippocampus crops (at most
+# 60 x 48 pixels a slice) still go 64 slices at a time.
+PIXELS_PER_BATCH = 64 * 64 * 64
+
 # (fraction done, message); raising inside it (e.g. a cancel request) aborts the run.
 ProgressCallback = Callable[[float, str], None]
 
@@ -84,13 +90,14 @@ def model_input(config: MedNCAConfig, normalized: np.ndarray, factor: int) -> tu
 def segment(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int = 0,
             coarse_steps: int | None = None, fine_steps: int | None = None, downscale: int | None = None,
             progress: ProgressCallback | None = None, normalized: bool = False,
-            slice_batch: int = 64, mirror: bool = True) -> StochasticResult:
+            slice_batch: int | None = None, mirror: bool = True) -> StochasticResult:
     """Run the automaton ``runs`` times on a (D, H, W) volume already on the model's grid.
 
     ``image`` is raw intensities, or already scaled by :func:`normalize_intensity` when
     ``normalized`` (callers that resample normalise first, on the original voxels). Seeded:
     the same seed gives the same result. ``downscale`` overrides the factor of the global
-    stage (a coarser global grid is faster and sees more context per step). ``progress`` is
+    stage (a coarser global grid is faster and sees more context per step). ``slice_batch``
+    slices are updated together (default: as many as fit :data:`PIXELS_PER_BATCH`). ``progress`` is
     called after every automaton step, so raising from it (a cancel request) stops promptly.
     With ``mirror``, every second run sees the volume mirrored along I (left-right; the model
     is trained with flips), so the ensemble also averages over the mirror image at no extra
@@ -105,6 +112,8 @@ def segment(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int = 0,
     fine = config.fine_steps if fine_steps is None else fine_steps
     batch, crop = model_input(config, image if normalized else normalize_intensity(image), factor)
     generator = torch.Generator().manual_seed(seed)
+    if slice_batch is None:
+        slice_batch = max(1, min(64, PIXELS_PER_BATCH // (batch.shape[-1] * batch.shape[-2])))
     chunks = list(torch.split(batch, slice_batch)) if config.dims == 2 else [batch]
     steps_per_chunk = max(1, coarse + fine)
     total = runs * len(chunks) * steps_per_chunk

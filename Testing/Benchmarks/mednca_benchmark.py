@@ -111,7 +111,7 @@ def worker(spec_path: Path, result_path: Path) -> None:
     from monai.networks.nets import UNet  # noqa: F401
     from EfficientSegmentationCommon.metrics import dice, hd95
     from MedNCASegmentLib.data import load_case, read_nifti_kji
-    from MedNCASegmentLib.inference import segment
+    from MedNCASegmentLib.inference import keep_largest_component, segment
     from EfficientSegmentationCommon.hardware import hardware_description
     from MedNCASegmentLib.model_io import load_model
 
@@ -149,7 +149,9 @@ def worker(spec_path: Path, result_path: Path) -> None:
         model = unet_baseline.load_unet(Path(spec["weights"]))
 
         def run(image: np.ndarray) -> np.ndarray:
-            return unet_baseline.segment_unet(model, image, slice_batch=spec["slice_batch"])[0]
+            labels = unet_baseline.segment_unet(model, image, slice_batch=spec["slice_batch"] or 64)[0]
+            # The shipped Med-NCA keeps the largest structure; the baseline may get the same help.
+            return keep_largest_component(labels) if spec.get("largest_component") else labels
     result["parameters"] = int(sum(p.numel() for p in model.parameters()))
 
     if kind == "validation":
@@ -318,12 +320,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=10, help="Med-NCA stochastic runs (the shipped setting: 10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--slice-batch", type=int, default=64, help="slices per forward pass, both models")
+    parser.add_argument("--slice-batch", type=int, default=None,
+                        help="slices per forward pass (default: Med-NCA's memory-bounded choice; 64 for the UNet)")
     parser.add_argument("--brats", type=Path, default=None,
                         help=f"volume for the scale test (default: the first ../shared/data/{BRATS_GLOB})")
     parser.add_argument("--scale-slices", type=int, default=None,
                         help="only the central N slices of the scale volume (smoke tests; default: all)")
     parser.add_argument("--no-validation", action="store_true")
+    parser.add_argument("--baseline-only", action="store_true", help="validation rows of the UNet only (a quick rerun)")
     parser.add_argument("--no-scale", action="store_true")
     parser.add_argument("--matmul-seconds", type=float, default=5.0, help="how long to time torch.matmul")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure (and per-case rows) here")
@@ -349,7 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.nca_matched:
             variants.append(("Med-NCA at the UNet's budget (runs=1)",
                              {"model": "nca", "weights": str(args.nca_matched), "runs": 1}))
-        variants.append(("UNet", {"model": "unet", "weights": str(args.unet)}))
+        variants += [("UNet", {"model": "unet", "weights": str(args.unet)}),
+                     ("UNet + largest component", {"model": "unet", "weights": str(args.unet), "largest_component": True})]
+        if args.baseline_only:
+            variants = [(name, spec) for name, spec in variants if spec["model"] == "unet"]
         for name, spec in variants:
             if name == "Med-NCA (runs=1)" and args.runs == 1:
                 continue

@@ -7,12 +7,13 @@ them over.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from EfficientSegmentationCommon.training import read_split  # noqa: F401  (the split format both models share)
 
 # Label values of the MSD hippocampus task, which the model's output classes follow.
 CLASS_NAMES = ("anterior hippocampus", "posterior hippocampus")
@@ -55,11 +56,3 @@ def make_split(ids: list[str], validation_fraction: float, seed: int) -> dict[st
     random.Random(seed).shuffle(shuffled)
     count = round(len(shuffled) * validation_fraction)
     return {"train": sorted(shuffled[count:]), "validation": sorted(shuffled[:count])}
-
-
-def read_split(path: Path) -> dict[str, list[str]]:
-    split = json.loads(Path(path).read_text())
-    overlap = set(split["train"]) & set(split["validation"])
-    if overlap:
-        raise ValueError(f"split {path} has cases in both training and validation: {sorted(overlap)[:5]}")
-    return split

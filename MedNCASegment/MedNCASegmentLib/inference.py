@@ -101,7 +101,8 @@ def segment(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int = 0,
     called after every automaton step, so raising from it (a cancel request) stops promptly.
     With ``mirror``, every second run sees the volume mirrored along I (left-right; the model
     is trained with flips), so the ensemble also averages over the mirror image at no extra
-    cost (measured on the validation split: +0.01 Dice over the same number of plain runs).
+    cost (on 12 validation cases, 4 plain + 4 mirrored runs beat 4 plain runs by 0.004-0.015
+    Dice per class; the same number of plain runs was not compared).
     """
     if runs < 1:
         raise ValueError("runs must be at least 1")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -31,9 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from EfficientSegmentationCommon.hardware import hardware_description
+from EfficientSegmentationCommon.training import warmup_cosine
 
 from .augmentation import augment
-from .data import Case, case_ids, load_case, read_split
+from .data import Case, load_case, read_split
 from .inference import segment
 from .model_io import save_model
 from .nca import MedNCA, default_config
@@ -147,13 +147,6 @@ def evaluate(model: MedNCA, cases: list[Case], runs: int, seed: int) -> dict[str
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 
-def learning_rate(iteration: int, total: int, peak: float, warmup: int) -> float:
-    if iteration < warmup:
-        return peak * (iteration + 1) / warmup
-    progress = (iteration - warmup) / max(1, total - warmup)
-    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dims", type=int, choices=(2, 3), default=2)
@@ -231,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     for iteration in bar:
         model.train()
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(iteration, args.iterations, args.lr, args.warmup)
+            group["lr"] = warmup_cosine(iteration, args.iterations, args.lr, args.warmup)
         images, labels = sampler.batch(args.batch)
         images, labels = augment(images, labels, generator)
         crop, patch_labels = patch_cropper(labels, args.patch, rng)

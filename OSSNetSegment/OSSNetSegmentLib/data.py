@@ -8,11 +8,12 @@ provider), expert labels 0..4 and a brain mask, on a 240x240x155 grid of 1 mm.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from EfficientSegmentationCommon.training import read_split  # noqa: F401  (the split format both models share)
 
 # Files of one case, by input name (the model's ``inputs`` order picks from these).
 INPUT_FILES = {"FLAIR": "Flair_subtrMeanDivStd.nii.gz", "T1c": "T1c_subtrMeanDivStd.nii.gz"}
@@ -70,11 +71,3 @@ def load_case(data_dir: Path, case_id: str, inputs: tuple[str, ...] = ("FLAIR", 
         images.append(image)
     labels, _ = read_nifti_kji(folder / LABELS_FILE)
     return Case(case_id, images, labels.round().astype(np.uint8), spacing)
-
-
-def read_split(path: Path) -> dict[str, list[str]]:
-    split = json.loads(Path(path).read_text())
-    overlap = set(split["train"]) & set(split["validation"])
-    if overlap:
-        raise ValueError(f"split {path} has cases in both training and validation: {sorted(overlap)}")
-    return split

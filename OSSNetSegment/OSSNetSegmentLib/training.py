@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from EfficientSegmentationCommon.hardware import hardware_description
+from EfficientSegmentationCommon.training import warmup_cosine
 
 from .data import Case, load_case, read_split
 from .inference import segment
@@ -128,10 +128,7 @@ class Trainer:
 
     def learning_rate(self, iteration: int) -> float:
         s = self.settings
-        if iteration < s.warmup:
-            return s.lr * (iteration + 1) / s.warmup
-        progress = (iteration - s.warmup) / max(1, s.iterations - s.warmup)
-        return s.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+        return warmup_cosine(iteration, s.iterations, s.lr, s.warmup)
 
     def random_transform(self, volume: TrainingVolume) -> Transform:
         s, rng = self.settings, self.rng

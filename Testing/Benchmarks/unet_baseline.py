@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -34,10 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from MedNCASegmentLib.augmentation import augment
-from MedNCASegmentLib.data import load_case, read_split
-from MedNCASegmentLib.inference import decode_labels
 from EfficientSegmentationCommon.hardware import hardware_description
+from EfficientSegmentationCommon.training import cosine_decay, read_split
+from MedNCASegmentLib.augmentation import augment
+from MedNCASegmentLib.data import load_case
+from MedNCASegmentLib.inference import decode_labels
 from MedNCASegmentLib.preprocessing import normalize_intensity, pad_to_multiple, slice_stack
 from MedNCASegmentLib.training import DEFAULT_DATA, DEFAULT_SPLIT, Sampler, segmentation_loss
 
@@ -75,12 +75,6 @@ def segment_unet(model: torch.nn.Module, image: np.ndarray, slice_batch: int = 6
     probabilities = torch.cat(outputs).permute(1, 0, 2, 3).numpy()  # (K, D, H', W')
     probabilities = np.ascontiguousarray(probabilities[(slice(None), *crop)])
     return decode_labels(probabilities), probabilities
-
-
-def learning_rate(fraction: float, peak: float) -> float:
-    """Cosine from ``peak`` to 2% of it over the spent fraction of the budget (as Med-NCA's schedule)."""
-    fraction = min(max(fraction, 0.0), 1.0)
-    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * fraction)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     last_save = time.monotonic()
     while (spent := cpu_seconds()) < budget:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(spent / budget, args.lr)
+            group["lr"] = cosine_decay(spent / budget, args.lr)
         images, labels = augment(*sampler.batch(args.batch), generator)
         model.train()
         loss = segmentation_loss(model(images), labels)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import HIPPOCAMPUS, REPO_ROOT, hippocampus_paths, load_case
+from conftest import REPO_ROOT, hippocampus_paths, load_case
 from EfficientSegmentationCommon.errors import CancelledError, InputVolumeError
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.metrics import dice

@@ -13,12 +13,10 @@ import importlib.util
 import logging
 import os
 import sys
-import time
 import traceback
 from typing import Annotated, Optional
 
 import numpy as np
-import qt
 import slicer
 import vtk
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -47,24 +45,15 @@ def _addSharedPackageToPath() -> None:
 
 _addSharedPackageToPath()
 
-from EfficientSegmentationCommon.background import BackgroundJob, JobState  # noqa: E402
-from EfficientSegmentationCommon.errors import CancelledError, InputVolumeError  # noqa: E402
-from EfficientSegmentationCommon.panel_state import CANCEL, FINISH, START, SegmentPanel, device_choices  # noqa: E402
-from EfficientSegmentationCommon.progress import scaled  # noqa: E402
-from EfficientSegmentationCommon.torch_setup import check_device, cuda_available, ensure_torch  # noqa: E402
-from EfficientSegmentationCommon.volume_arrays import check_scalar_volume  # noqa: E402
+from EfficientSegmentationCommon.module_logic import LibraryLogicMixin  # noqa: E402
+from EfficientSegmentationCommon.panel_state import RunSummary  # noqa: E402
+from EfficientSegmentationCommon.segment_widget import SegmentWidgetMixin, segmentCancelThenSegment  # noqa: E402
 from MedNCASegmentLib.panel import (  # noqa: E402
     STAGE_NAMES,
-    model_items,
     run_summary,
     segment_arguments,
     trained_settings,
 )
-
-# Share of the progress bar for the computation (worker thread); the rest is writing the result.
-COMPUTE_SHARE = 0.9
-# How often the main thread polls the running job (ms): fast enough for a smooth progress bar.
-POLL_INTERVAL_MS = 100
 
 
 class MedNCASegment(ScriptedLoadableModule):
@@ -124,8 +113,11 @@ class MedNCASegmentParameterNode:
     keepLargestComponent: bool = True
 
 
-class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel: binds the .ui to the parameter node and runs segmentations in the background."""
+class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, SegmentWidgetMixin):
+    """The module panel: binds the .ui to the parameter node and runs segmentations in the background
+    (the running part is shared with OSS-Net: ``EfficientSegmentationCommon.segment_widget``)."""
+
+    METHOD_TITLE = "Med-NCA"
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -133,14 +125,7 @@ class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self.panel = SegmentPanel(_("Segment"), stage_names=STAGE_NAMES)
-        self._job = BackgroundJob()
-        self._runningJob = None  # the MedNCAJob being computed
-        self._pollTimer = None
-        self._modelItems = []
-        self._modelListProblem = ""
-        self._cudaChecked = False
-        self._cudaAvailable = False
+        self.initializeRunning(stageNames=STAGE_NAMES)
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -157,25 +142,12 @@ class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = MedNCASegmentLogic()
 
-        # The running job is polled from the main thread, which alone may touch MRML and Qt.
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(POLL_INTERVAL_MS)
-        self._pollTimer.connect("timeout()", self._onPoll)
-
         # These connections ensure that we update parameter node when scene is closed
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        # Model and device lists depend on this installation, so they are filled here and synced
-        # with the parameter node by hand; all other widgets are bound by SlicerParameterName.
-        self._fillModelComboBox()
-        self._fillDeviceComboBox()
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceSelected)
-        self.ui.advancedCollapsibleButton.connect("contentsCollapsed(bool)", self.onAdvancedCollapsed)
-
-        # Buttons
-        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        # Model and device combo boxes, Segment/Cancel button, polling timer.
+        self.setupRunning()
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -183,9 +155,7 @@ class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        self._abandonRun()
-        if self._pollTimer:
-            self._pollTimer.stop()
+        self.cleanupRunning()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -229,8 +199,8 @@ class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
-        if not self._parameterNode.model and self._modelItems:
-            self._parameterNode.model = self._modelItems[0].model_id
+        if not self._parameterNode.model:
+            self._parameterNode.model = self._defaultModelId()
 
     def setParameterNode(self, inputParameterNode: Optional[MedNCASegmentParameterNode]) -> None:
         """Set and observe parameter node.
@@ -252,8 +222,7 @@ class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Parameters changed: sync the hand-bound combo boxes, say whether Segment can run."""
         node = self._parameterNode
         if node:
-            self._selectComboBoxData(self.ui.modelComboBox, node.model)
-            self._selectComboBoxData(self.ui.deviceComboBox, node.device, addIfMissing=True)
+            self._syncComboBoxes(node)
             problem = self.logic.inputProblem(node.inputVolume) or self._modelProblem(node.model)
         else:
             problem = _("No parameter node: reopen the module.")
@@ -262,153 +231,16 @@ class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.panel.set_input_problem(problem)
         self._refresh()
 
-    def _refresh(self) -> None:
-        """Copy the panel's view-model onto the widgets."""
-        view = self.panel.view()
-        self.ui.segmentButton.text = view.button_text
-        self.ui.segmentButton.enabled = view.button_enabled
-        self.ui.segmentButton.toolTip = view.button_tooltip
-        for section in (self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton,
-                        self.ui.advancedCollapsibleButton):
-            section.enabled = view.settings_enabled
-        self.ui.progressBar.visible = view.progress_visible
-        self.ui.progressBar.value = view.progress_percent
-        self.ui.progressBar.format = view.progress_format
-        self.ui.statusLabel.text = view.status_text
-        self.ui.resultLabel.text = view.result_text
-        self.ui.resultLabel.styleSheet = view.result_style
+    # -- hooks of SegmentWidgetMixin ----------------------------------------------------------
 
-    # -- model and device combo boxes ---------------------------------------------------------
+    def _settingsSections(self) -> list:
+        return [self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton, self.ui.advancedCollapsibleButton]
 
-    def _fillModelComboBox(self) -> None:
-        try:
-            self._modelItems = model_items(self.logic.models())
-            self._modelListProblem = "" if self._modelItems else _("No Med-NCA model is registered.")
-        except Exception as error:  # unreadable registry: say so in the panel
-            logging.error(traceback.format_exc())
-            self._modelItems = []
-            self._modelListProblem = _("The model registry cannot be read: {error}").format(error=error)
-        combo = self.ui.modelComboBox
-        wasBlocked = combo.blockSignals(True)
-        combo.clear()
-        for item in self._modelItems:
-            combo.addItem(item.text, item.model_id)
-            combo.setItemData(combo.count - 1, item.tooltip, qt.Qt.ToolTipRole)
-        combo.blockSignals(wasBlocked)
+    def _prepareJob(self):
+        return self.logic.prepare(self._parameterNode.inputVolume, **segment_arguments(self._parameterNode))
 
-    def _modelProblem(self, modelId: str) -> str:
-        if self._modelListProblem:
-            return self._modelListProblem
-        item = next((item for item in self._modelItems if item.model_id == modelId), None)
-        if item is None:
-            return _("Select a model.")
-        return "" if item.available else item.tooltip.splitlines()[-1]
-
-    def _fillDeviceComboBox(self) -> None:
-        combo = self.ui.deviceComboBox
-        wasBlocked = combo.blockSignals(True)
-        combo.clear()
-        for device in device_choices(self._cudaAvailable):
-            combo.addItem(device, device)
-        combo.blockSignals(wasBlocked)
-        if self._parameterNode:
-            self._selectComboBoxData(combo, self._parameterNode.device, addIfMissing=True)
-
-    @staticmethod
-    def _selectComboBoxData(combo, data: str, addIfMissing: bool = False) -> None:
-        """Show the item holding ``data`` without emitting signals (a saved choice stays visible)."""
-        index = combo.findData(data)
-        if index < 0 and addIfMissing and data:
-            combo.addItem(data, data)
-            index = combo.count - 1
-        if index >= 0 and index != combo.currentIndex:
-            wasBlocked = combo.blockSignals(True)
-            combo.currentIndex = index
-            combo.blockSignals(wasBlocked)
-
-    def onModelSelected(self, index: int) -> None:
-        if self._parameterNode and index >= 0:
-            self._parameterNode.model = self.ui.modelComboBox.itemData(index)
-
-    def onDeviceSelected(self, index: int) -> None:
-        if self._parameterNode and index >= 0:
-            self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
-
-    def onAdvancedCollapsed(self, collapsed: bool) -> None:
-        """Look for a GPU when the user first opens Advanced (imports torch if installed, once)."""
-        if collapsed or self._cudaChecked:
-            return
-        self._cudaChecked = True
-        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
-        try:
-            self._cudaAvailable = cuda_available()
-        finally:
-            qt.QApplication.restoreOverrideCursor()
-        self._fillDeviceComboBox()
-
-    # -- running ------------------------------------------------------------------------------
-
-    def onSegmentButton(self) -> None:
-        """Segment, or Cancel while a segmentation runs."""
-        action = self.panel.click()
-        if action == CANCEL:
-            if self.panel.cancel():
-                self._job.cancel()
-        elif action == START:
-            self._startSegmentation()
-        self._refresh()
-
-    def _startSegmentation(self) -> None:
-        """Read the inputs on the main thread, then compute in a worker thread polled by the timer."""
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-                if not self.logic.ensureTorch(askConfirmation=True):
-                    self.panel.failed(_("PyTorch is needed to segment; it was not installed."))
-                    return
-                arguments = segment_arguments(self._parameterNode)
-                check_device(arguments["device"])
-                job = self.logic.prepare(self._parameterNode.inputVolume, **arguments)
-                # Import torch and load the (small) model here, on the main thread: a bad weights
-                # file is reported at once, and torch is not first imported from a worker thread.
-                self.logic.loadModel(job)
-                self.panel.start()
-                self._runningJob = job
-                logic = self.logic
-                self._job.start(lambda progress, cancel: logic.compute(
-                    job, scaled(progress, 0.0, COMPUTE_SHARE), cancel))
-                self._pollTimer.start()
-        except Exception as error:  # shown by tryWithErrorDisplay; the panel says it too
-            self._runningJob = None
-            self.panel.failed(str(error))
-
-    def _onPoll(self) -> None:
-        """Timer tick on the main thread: show progress; when computed, write the result."""
-        status = self._job.poll()
-        if self.panel.update(status) == FINISH:
-            self._pollTimer.stop()
-            self._finishRun(status.result)
-        elif not self.panel.active:
-            self._pollTimer.stop()
-            self._runningJob = None
-            if status.state is JobState.FAILED and status.error is not None:
-                logging.error("Med-NCA segmentation failed:\n" + "".join(traceback.format_exception(status.error)))
-        self._refresh()
-
-    def _finishRun(self, computed) -> None:
-        """Write the computed result into the scene (all or nothing) and report it."""
-        job, self._runningJob = self._runningJob, None
-        self._refresh()
-        try:
-            result = self.logic.finish(job, computed, progressCallback=scaled(self.panel.report, COMPUTE_SHARE, 1.0))
-        except CancelledError:
-            self.panel.cancelled()
-            return
-        except Exception as error:
-            logging.error("Med-NCA segmentation could not be written:\n" + traceback.format_exc())
-            self.panel.failed(str(error))
-            return
-        self.panel.finished(run_summary(result, job.runs))
-        self._showResult(result, job)
+    def _runSummary(self, result, job) -> RunSummary:
+        return run_summary(result, job.runs)
 
     def _showResult(self, result, job) -> None:
         """Select the new segmentation as output (a new run replaces it) and show it in the views."""
@@ -426,91 +258,36 @@ class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             slicer.util.setSliceViewerLayers(background=job.input_volume)
 
-    def _abandonRun(self) -> None:
-        """Stop a running segmentation without writing anything (scene closing, widget destroyed)."""
-        if self.panel.active:
-            if self.panel.cancel():
-                self._job.cancel()
 
-
-class MedNCASegmentLogic(ScriptedLoadableModuleLogic):
+class MedNCASegmentLogic(ScriptedLoadableModuleLogic, LibraryLogicMixin):
     """Batch API of the module, usable from Slicer's Python console without the panel.
 
     The implementation is ``MedNCASegmentLib.logic.MedNCASegmentLogic`` (also used headless);
     this class gives it Slicer's scene and parameter node, and gets PyTorch through the PyTorch
-    extension on first use. The implementation is imported on first use, torch only when a
-    model is loaded:
+    extension on first use (``EfficientSegmentationCommon.module_logic``). The implementation is
+    imported on first use, torch only when a model is loaded:
 
         logic = slicer.util.getModuleLogic("MedNCASegment")
         result = logic.segment(volumeNode, runs=10)  # blocking; see MedNCASegmentLib.logic
         print(result.segmentation.GetName(), result.quality, result.likely_failure)
+
+    ``segment`` takes the options of ``MedNCASegmentLib.logic``'s: model, globalSteps,
+    refinementSteps, downscale, runs, device, roi, outputSegmentation, uncertaintyVolume, seed,
+    keepLargestComponent, progressCallback, cancelRequest.
     """
 
     def __init__(self, scene=None) -> None:
         """Called when the logic class is instantiated. ``scene``: default ``slicer.mrmlScene``."""
         ScriptedLoadableModuleLogic.__init__(self)
-        self._scene = scene
-        self._implementation = None
-        self._inputCheck = None
+        self.initializeLibraryLogic(scene)
 
     def getParameterNode(self):
         return MedNCASegmentParameterNode(super().getParameterNode())
 
-    @property
-    def implementation(self):
-        """The shared ``MedNCASegmentLib.logic.MedNCASegmentLogic`` (models cached per device)."""
-        if self._implementation is None:
-            from MedNCASegmentLib.logic import MedNCASegmentLogic as Implementation
+    def _implementationClass(self):
+        from MedNCASegmentLib.logic import MedNCASegmentLogic as Implementation
 
-            self._implementation = Implementation(self._scene if self._scene is not None else slicer.mrmlScene)
-        return self._implementation
-
-    def inputProblem(self, volumeNode) -> str:
-        """Why ``volumeNode`` cannot be segmented, or "" when it can (cached until the volume changes)."""
-        image = volumeNode.GetImageData() if volumeNode is not None else None
-        key = (volumeNode.GetID(), volumeNode.GetMTime(), image.GetMTime()) if image is not None else None
-        if key is not None and self._inputCheck is not None and self._inputCheck[0] == key:
-            return self._inputCheck[1]
-        try:
-            check_scalar_volume(volumeNode)
-            problem = ""
-        except InputVolumeError as error:
-            problem = str(error)
-        self._inputCheck = (key, problem) if key is not None else None
-        return problem
-
-    def models(self):
-        """The Med-NCA models of the registry (``ModelEntry`` objects)."""
-        return self.implementation.models()
-
-    @staticmethod
-    def ensureTorch(askConfirmation: bool = True) -> bool:
-        """True when PyTorch can be used; installs it via the PyTorch extension after confirmation."""
-        return ensure_torch(ask_confirmation=askConfirmation)
-
-    def segment(self, inputVolume, **options):
-        """Segment ``inputVolume``, blocking; options and result as ``MedNCASegmentLib.logic``'s ``segment``
-        (model, globalSteps, refinementSteps, downscale, runs, device, roi, outputSegmentation,
-        uncertaintyVolume, seed, progressCallback, cancelRequest)."""
-        if not self.ensureTorch():
-            raise RuntimeError(_("PyTorch is needed to segment; it was not installed."))
-        return self.implementation.segment(inputVolume, **options)
-
-    def prepare(self, inputVolume, **options):
-        """Main thread: check inputs and copy them out of the scene (see ``MedNCASegmentLib.logic``)."""
-        return self.implementation.prepare(inputVolume, **options)
-
-    def compute(self, job, progressCallback=None, cancelRequest=None):
-        """Any thread: run the model on the prepared arrays; touches no MRML."""
-        return self.implementation.compute(job, progressCallback, cancelRequest)
-
-    def finish(self, job, computed, progressCallback=None, cancelRequest=None):
-        """Main thread: write the result into the scene, all or nothing."""
-        return self.implementation.finish(job, computed, progressCallback, cancelRequest)
-
-    def loadModel(self, job):
-        """Load the job's model (imports torch; cached per model file and device)."""
-        return self.implementation.load(job.entry, job.device)
+        return Implementation
 
     def trainedConfig(self, job):
         """The configuration (trained stage settings) of the job's model; cached after a run."""
@@ -571,20 +348,8 @@ class MedNCASegmentTest(ScriptedLoadableModuleTest):
         parameters.inputROI = roi
         parameters.outputSegmentation = None
         parameters.runs = 2.0
-        segmentationsBefore = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems()
 
-        widget.onSegmentButton()  # Segment
-        self.assertEqual(widget.panel.state, JobState.RUNNING, widget.ui.resultLabel.text)
-        self.assertEqual(widget.ui.segmentButton.text, widget.panel.view().button_text)
-        widget.onSegmentButton()  # Cancel
-        self._waitWhileActive(widget)
-        self.assertEqual(widget.panel.state, JobState.CANCELLED)
-        self.assertEqual(slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems(),
-                         segmentationsBefore, "a cancelled run must leave the scene as it was")
-
-        widget.onSegmentButton()  # Segment again, to the end
-        self._waitWhileActive(widget)
-        self.assertEqual(widget.panel.state, JobState.FINISHED, widget.ui.resultLabel.text)
+        segmentCancelThenSegment(self, widget, self.TIMEOUT_S)
         self.assertIn("NQM", widget.ui.resultLabel.text)
         self._assertHippocampusSegments(widget.logic, parameters.outputSegmentation, volume)
         self.delayDisplay("Panel test passed")
@@ -602,13 +367,6 @@ class MedNCASegmentTest(ScriptedLoadableModuleTest):
         roi.SetCenter(list(self.MRHEAD_LEFT_HIPPOCAMPUS_RAS))
         roi.SetSize(*self.MRHEAD_ROI_SIZE)
         return volume, roi
-
-    def _waitWhileActive(self, widget) -> None:
-        deadline = time.monotonic() + self.TIMEOUT_S
-        while widget.panel.active:
-            self.assertLess(time.monotonic(), deadline, "segmentation did not end in time")
-            slicer.app.processEvents()
-            time.sleep(0.02)
 
     @staticmethod
     def _segmentNames(logic):

@@ -14,20 +14,18 @@ being overwritten gets its segments back), and the input volume is never modifie
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from EfficientSegmentationCommon.errors import InputVolumeError
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import KJISlices, axis_aligned_grid, crop_to_roi, paste
+from EfficientSegmentationCommon.model_choice import RegistryLogic
 from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
-from EfficientSegmentationCommon.registry import ModelEntry, ModelRegistry
+from EfficientSegmentationCommon.registry import ModelEntry
 from EfficientSegmentationCommon.resampling import resample
-from EfficientSegmentationCommon.scene import create_scene
 from EfficientSegmentationCommon.segmentation_output import write_labels_to_segmentation, write_scalar_volume
 from EfficientSegmentationCommon.volume_arrays import array_from_volume
 
@@ -86,44 +84,20 @@ class MedNCAResult:
         return threshold is not None and any(score > threshold for score in self.quality.values())
 
 
-class MedNCASegmentLogic:
+class MedNCASegmentLogic(RegistryLogic):
     """Segments volumes with a Med-NCA model from the registry (or a model file of the user's).
 
     Loaded models are cached per file and device, so segmenting many volumes loads once.
     """
 
-    def __init__(self, scene=None, registry: ModelRegistry | None = None) -> None:
-        self.scene = scene if scene is not None else create_scene()
-        self.registry = registry if registry is not None else ModelRegistry.default()
-        self._models: dict[tuple[str, str], object] = {}
-        self._models_lock = threading.Lock()
+    METHOD = "mednca"
+    METHOD_TITLE = "Med-NCA"
 
-    def models(self) -> list[ModelEntry]:
-        """The Med-NCA models the user can pick from."""
-        return [entry for entry in self.registry.entries if entry.method == "mednca"]
+    @staticmethod
+    def _load_network(path: Path, device: str):
+        from .model_io import load_model  # imports torch
 
-    def model_entry(self, model: str | None) -> ModelEntry:
-        """A registry id, a path to a model file, or None for the first registered Med-NCA model."""
-        if model is None:
-            available = self.models()
-            if not available:
-                raise InputVolumeError("No Med-NCA model is registered; add one to Models.json or pass a file.")
-            return self.registry.get(available[0].id)
-        if model.endswith(".pt"):
-            if not Path(model).exists():
-                raise InputVolumeError(f"Model file '{model}' does not exist.")
-            return self.registry.entry_for_file(Path(model), method="mednca")
-        return self.registry.get(model)
-
-    def load(self, entry: ModelEntry, device: str = "cpu"):
-        """The torch model of a registry entry, loaded once per device. Imports torch on first use."""
-        key = (str(entry.path), device)
-        with self._models_lock:
-            if key not in self._models:
-                from .model_io import load_model
-
-                self._models[key] = load_model(entry.path, device)[0]
-            return self._models[key]
+        return load_model(path, device)[0]
 
     def segment(self, inputVolume, model: str | None = None, globalSteps: int | None = None,
                 refinementSteps: int | None = None, downscale: int | None = None, runs: int = 10,

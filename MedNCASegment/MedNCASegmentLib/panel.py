@@ -2,41 +2,16 @@
 
 The module widget (MedNCASegment.py) stays a thin layer over these and over the shared
 ``EfficientSegmentationCommon.panel_state``: how the panel's parameters become arguments of
-``MedNCASegmentLogic.prepare``, how the model list is shown, and what is reported after a run.
+``MedNCASegmentLogic.prepare``, and what is reported after a run.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from EfficientSegmentationCommon.panel_state import RunSummary
 
 # The automaton reports "coarse" and "fine" steps; the panel calls the stages global and refinement.
 STAGE_NAMES = {"coarse": "global", "fine": "refinement"}
 QUALITY_NAME = "quality score (NQM)"
-
-
-@dataclass(frozen=True)
-class ModelItem:
-    """One entry of the model combo box: shown text, registry id (item data) and tooltip."""
-
-    text: str
-    model_id: str
-    tooltip: str
-    available: bool
-
-
-def model_items(entries) -> list[ModelItem]:
-    """Combo box items for registry entries; a model whose weights are not installed says so."""
-    items = []
-    for entry in entries:
-        available = entry.path.exists()
-        text = entry.title if available else f"{entry.title} (weights not installed)"
-        details = [entry.description, f"Version {entry.version}" if entry.version else "",
-                   f"License: {entry.license}" if entry.license else "",
-                   "" if available else f"Weights file missing: {entry.path}"]
-        items.append(ModelItem(text, entry.id, "\n".join(d for d in details if d), available))
-    return items
 
 
 def segment_arguments(parameters) -> dict:

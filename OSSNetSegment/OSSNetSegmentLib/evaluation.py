@@ -38,6 +38,7 @@ from .preprocessing import centred_positions, resample_centred
 from .training import DEFAULT_DATA, DEFAULT_SPLIT
 
 MODEL_ID = "ossnet-brats-wholetumour"
+LABEL_NAMES = {1: "necrosis", 2: "edema", 3: "non-enhancing tumour", 4: "enhancing tumour"}
 DIFFERENCES = [
     "Activation: SiLU instead of the Pade activation unit (the reference needs a custom CUDA kernel, which cannot run on a CPU).",
     "Coordinates: physical, mm from the volume's centre / 100 mm, instead of voxel indices; the 7x7x7 patch is read at "
@@ -91,6 +92,12 @@ def evaluate_case(model: OSSNet, case: Case, full: bool) -> dict:
     row: dict = {"case": case.case_id}
     native = segment(model, case.images, case.spacing)
     row["native"] = scores(native, truth)
+    predicted = native.labels > 0
+    row["native"]["precision"] = round(float((predicted & truth).sum() / max(1, predicted.sum())), 4)
+    # Which parts of the tumour are missed: the share of each expert label inside the segmentation.
+    row["native"]["recall_by_label"] = {name: round(float((predicted & (case.labels == value)).sum()
+                                                          / max(1, (case.labels == value).sum())), 4)
+                                        for value, name in LABEL_NAMES.items()}
     row["native"]["levels"] = [{"stride": l.stride, "points": l.points, "decoded": l.decoded, "seconds": l.seconds}
                                for l in native.levels]
     if full:
@@ -189,6 +196,11 @@ def card_markdown(card: dict) -> str:
                 hd = "n/a" if r["hd95_mm"] is None else r["hd95_mm"]
                 lines.append(f"| {label} | {name} | {r['dice']:.4f} | {r['iou']:.4f} | {hd} | "
                              f"{r['decoded_fraction']:.4f} | {r['seconds']} |")
+    for row in card["validation"]:
+        native = row["native"]
+        recall = ", ".join(f"{name} {value:.2f}" for name, value in native["recall_by_label"].items())
+        lines += ["", f"{row['case']}: precision {native['precision']:.3f}; share of each expert label inside the "
+                      f"segmentation: {recall}."]
     lines += ["", f"Mean validation Dice {m['validation_dice']} (IoU {m['validation_iou']}); the coarse-to-fine "
                   f"inference decoded {m['validation_decoded_fraction']:.2%} of the output voxels; "
                   f"{m['seconds_per_volume']} s per volume on {card['evaluation']['hardware']}.",

@@ -12,7 +12,9 @@ voxel would be wasteful, since almost all of a brain scan is far from the tumour
 3. each finer level halves the stride: points between the coarser level's points are decoded
    only within ``boundary_margin`` coarser points of the current boundary (where the labels
    of neighbouring points differ); everywhere else all surrounding points agree and the value
-   is interpolated;
+   is interpolated. Unless probabilities are asked for, the levels hold only the labels (one
+   byte per point instead of a float): interpolating agreeing neighbours gives their label,
+   and every point between disagreeing ones is decoded, so the labels are the same;
 4. the decoder is called on at most ``chunk_size`` points at a time.
 
 Arrays are in Slicer's KJI order; spacings are given in I, J, K order like
@@ -240,7 +242,7 @@ def segment(model: OSSNet, images: Sequence[np.ndarray], spacing: Sequence[float
         level_started = time.perf_counter()
         if level == 0:
             shape = tuple((p - 1) // stride + 1 for p in padded)
-            probability = np.zeros(shape, dtype=np.float32)
+            probability = np.zeros(shape, dtype=np.float32 if return_probabilities else bool)
             # Candidates: points in a cell the coarse head flags, tested in chunks too.
             candidates = np.zeros(int(np.prod(shape)), dtype=bool)
             flat = np.arange(candidates.size)
@@ -253,7 +255,7 @@ def segment(model: OSSNet, images: Sequence[np.ndarray], spacing: Sequence[float
             to_decode = candidates.reshape(shape)
             decoded = np.zeros(shape, dtype=bool)
         else:
-            labels = probability > threshold
+            labels = probability > threshold if return_probabilities else probability
             flagged = _boundary(labels)
             if boundary_margin > 0 and flagged.any():
                 flagged = ndimage.binary_dilation(flagged, structure=np.ones((3, 3, 3), bool), iterations=boundary_margin)
@@ -269,7 +271,7 @@ def segment(model: OSSNet, images: Sequence[np.ndarray], spacing: Sequence[float
                          lambda f: report(span[0] + (span[1] - span[0]) * f, message))
         if len(indices):
             index = tuple(indices.T)
-            probability[index] = values
+            probability[index] = values if return_probabilities else values > threshold
             decoded[index] = True
         if decode_hook is not None:
             decode_hook(level, stride, indices, labels)
@@ -280,7 +282,7 @@ def segment(model: OSSNet, images: Sequence[np.ndarray], spacing: Sequence[float
 
     crop = tuple(slice(0, n) for n in out_shape)
     probability = probability[crop]
-    labels = (probability > threshold).astype(np.uint8)
+    labels = (probability > threshold if return_probabilities else probability).astype(np.uint8)
     fraction = float(decoded[crop].sum()) / labels.size
     report(1.0, "done")
     return SegmentationResult(labels, out_spacing, fraction, decoder.count, stats,

@@ -27,15 +27,14 @@ the model, the input and everything the inference allocates). Times are wall-clo
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from measurement import current_mib, measure_in_fresh_process, peak_mib, publish, serve_worker, training_facts
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -45,6 +44,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "Task04_Hippocampus"
 BRATS_GLOB = "BraTS_sample/*/Flair_subtrMeanDivStd.nii.gz"
 REGIONS = {"foreground": (1, 2), "anterior": (1,), "posterior": (2,)}
 MATMUL_SIZE = 2048
+SOURCES = (REPO / "Resources" / "Python", REPO / "MedNCASegment")  # the libraries a worker imports
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,27 +88,15 @@ def nca_forward_flops(config: dict, padded_shape: tuple[int, ...], runs: int = 1
 # ---------------------------------------------------------------------------------------------
 # The measuring child process
 
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _current_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def worker(spec_path: Path, result_path: Path) -> None:
-    """Run one measurement described by a JSON spec in this (fresh) process; write a JSON result."""
-    spec = json.loads(spec_path.read_text())
+def worker(spec: dict) -> dict:
+    """Run one measurement described by ``spec`` in this (fresh) process and return its result."""
     # The same imports for every measurement, so the absolute figures are comparable.
     import numpy as np
     import torch
 
     sys.path.insert(0, str(HERE))
-    import unet_baseline  # noqa: E402  (imports MONAI's UNet lazily; import it now)
-    from monai.networks.nets import UNet  # noqa: F401
+    import unet_baseline  # noqa: E402
+    importlib.import_module("monai.networks.nets")  # unet_baseline imports MONAI's UNet lazily; import it now
     from EfficientSegmentationCommon.metrics import dice, hd95
     from MedNCASegmentLib.data import load_case, read_nifti_kji
     from MedNCASegmentLib.inference import keep_largest_component, segment
@@ -116,7 +104,7 @@ def worker(spec_path: Path, result_path: Path) -> None:
     from MedNCASegmentLib.model_io import load_model
 
     torch.set_num_threads(spec["threads"])
-    result: dict = {"imports_peak_mib": _peak_mib(), "imports_rss_mib": _current_mib(),
+    result: dict = {"imports_peak_mib": peak_mib(), "imports_rss_mib": current_mib(),
                     "threads": torch.get_num_threads(), "hardware": hardware_description()}
     kind = spec["task"]
 
@@ -134,8 +122,7 @@ def worker(spec_path: Path, result_path: Path) -> None:
         flops = 2 * n**3
         result.update({"size": n, "repeats": len(seconds), "gflops_median": flops / statistics.median(seconds) / 1e9,
                        "gflops_best": flops / min(seconds) / 1e9})
-        result_path.write_text(json.dumps(result))
-        return
+        return result
 
     model_kind = spec["model"]
     if model_kind == "nca":
@@ -156,14 +143,14 @@ def worker(spec_path: Path, result_path: Path) -> None:
 
     if kind == "validation":
         cases = [load_case(Path(spec["data"]), case_id) for case_id in spec["cases"]]
-        result["before_inference_rss_mib"] = _current_mib()
+        result["before_inference_rss_mib"] = current_mib()
         predictions, rows = [], []
         for case in cases:
             started = time.perf_counter()
             labels = run(case.image)
             rows.append({"case": case.case_id, "seconds": time.perf_counter() - started})
             predictions.append(labels)
-        result["peak_mib"] = _peak_mib()  # before the metrics, which are not the model's
+        result["peak_mib"] = peak_mib()  # before the metrics, which are not the model's
         for row, case, labels in zip(rows, cases, predictions):
             for region, values in REGIONS.items():
                 predicted, truth = np.isin(labels, values), np.isin(case.labels, values)
@@ -176,11 +163,11 @@ def worker(spec_path: Path, result_path: Path) -> None:
             middle, count = volume.shape[0] // 2, spec["slices"]
             volume = np.ascontiguousarray(volume[middle - count // 2: middle - count // 2 + count])
         result["shape"] = list(volume.shape)
-        result["before_inference_rss_mib"] = _current_mib()
+        result["before_inference_rss_mib"] = current_mib()
         started = time.perf_counter()
         labels = run(volume)
         result["seconds"] = time.perf_counter() - started
-        result["peak_mib"] = _peak_mib()
+        result["peak_mib"] = peak_mib()
         result["foreground_voxels"] = int((labels > 0).sum())
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -201,27 +188,14 @@ def worker(spec_path: Path, result_path: Path) -> None:
             with FlopCounterMode(display=False) as counter, torch.no_grad():
                 model(probe)
             result["flops"] = counter.get_total_flops() * padded[0]  # torch's count, per slice x slices
-    result_path.write_text(json.dumps(result))
+    return result
 
 
 def measure(spec: dict, threads: int) -> dict:
     """Run one measurement in a fresh Python process and return its result."""
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
-        spec_path.write_text(json.dumps(spec))
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        src = [str(REPO / "Resources" / "Python"), str(REPO / "MedNCASegment")]
-        env["PYTHONPATH"] = os.pathsep.join(src + [env["PYTHONPATH"]] if env.get("PYTHONPATH") else src)
-        label = spec["task"] + (f" {spec['model']}" if "model" in spec else "") + \
-            (f" runs={spec['runs']}" if spec.get("runs") else "")
-        print(f"[benchmark] {label} ...", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        completed = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path),
-                                    str(result_path)], env=env)
-        if completed.returncode != 0 or not result_path.exists():
-            raise RuntimeError(f"measurement {label} failed (exit code {completed.returncode})")
-        print(f"[benchmark] {label} done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
-        return json.loads(result_path.read_text())
+    label = spec["task"] + (f" {spec['model']}" if "model" in spec else "") + \
+        (f" runs={spec['runs']}" if spec.get("runs") else "")
+    return measure_in_fresh_process(Path(__file__).resolve(), spec, threads, label, SOURCES).result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,8 +279,7 @@ def render(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--worker":
-        worker(Path(argv[1]), Path(argv[2]))
+    if serve_worker(argv, worker):
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nca", type=Path, default=DEFAULT_NCA, help="Med-NCA weights (default: the shipped model)")
@@ -338,10 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
     common = {"threads": args.threads, "seed": args.seed, "slice_batch": args.slice_batch}
     report: dict = {"threads": args.threads, "nca": str(args.nca), "unet": str(args.unet), "training": {}}
-    unet_facts = args.unet.with_suffix(".json")
-    if unet_facts.exists():
-        facts = json.loads(unet_facts.read_text())
-        report["training"]["UNet"] = {k: facts.get(k) for k in ("iterations", "cpu_minutes", "wall_minutes", "threads")}
+    if (facts := training_facts(args.unet)) is not None:
+        report["training"]["UNet"] = facts
 
     if not args.no_validation:
         split = json.loads(args.split.read_text())
@@ -392,10 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                            "flop_check": nca["flop_check"]}
         report["hardware"] = nca["hardware"]
 
-    print(render(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    publish(render(report), report, args.json)
     return 0
 
 

@@ -201,6 +201,17 @@ def test_chunking_gives_the_same_result_with_bounded_decoder_calls(case, model) 
     assert np.allclose(whole.probabilities, chunked.probabilities, atol=1e-5)
 
 
+def test_levels_of_labels_alone_give_the_labels_of_the_probability_levels(case, model) -> None:
+    """Without probabilities the levels keep one byte per point (the memory of a fine output);
+    the segmentation and the points decoded are exactly those of the float levels."""
+    for factor in (1.0, 0.5):
+        labels_only = segment(model, case.images, case.spacing, spacing_factor=factor)
+        with_probabilities = segment(model, case.images, case.spacing, spacing_factor=factor, return_probabilities=True)
+        assert labels_only.probabilities is None
+        assert np.array_equal(labels_only.labels, with_probabilities.labels)
+        assert labels_only.decoded_points == with_probabilities.decoded_points
+
+
 def test_progress_and_cancel(case, model) -> None:
     seen = []
     segment(model, case.images, case.spacing, chunk_size=2000, progress=lambda f, m: seen.append(f))

@@ -78,6 +78,7 @@ class RunSummary:
     warning_threshold: float | None = None
     warnings: Sequence[str] = ()
     output_name: str = ""
+    details: Sequence[str] = ()  # facts about the run, e.g. the output grid and how much was decoded
 
 
 def format_duration(seconds: float) -> str:
@@ -99,6 +100,7 @@ def summary_text(summary: RunSummary) -> tuple[str, str]:
     if summary.output_name:
         done += f": '{summary.output_name}'"
     lines = [done + "."]
+    lines.extend(summary.details)
     if summary.quality:
         scores = ", ".join(f"{name} {value:.3f}" for name, value in summary.quality.items())
         limit = f", warning above {summary.warning_threshold:g}" if summary.warning_threshold is not None else ""
@@ -276,6 +278,29 @@ class SegmentPanel:
         for old, new in self._stage_names.items():
             message = re.sub(rf"\b{re.escape(old)}\b", new, message)
         return message
+
+
+@dataclass(frozen=True)
+class ModelItem:
+    """One entry of the model combo box: shown text, registry id (item data) and tooltip."""
+
+    text: str
+    model_id: str
+    tooltip: str
+    available: bool
+
+
+def model_items(entries) -> list[ModelItem]:
+    """Combo box items for registry entries; a model whose weights are not installed says so."""
+    items = []
+    for entry in entries:
+        available = entry.path.exists()
+        text = entry.title if available else f"{entry.title} (weights not installed)"
+        details = [entry.description, f"Version {entry.version}" if entry.version else "",
+                   f"License: {entry.license}" if entry.license else "",
+                   "" if available else f"Weights file missing: {entry.path}"]
+        items.append(ModelItem(text, entry.id, "\n".join(d for d in details if d), available))
+    return items
 
 
 def device_choices(cuda_available: bool) -> list[str]:

@@ -43,6 +43,9 @@ def write_labels_to_segmentation(
 ):
     """Put a label map (KJI, on ``geometry``) into a segmentation node and return the node.
 
+    ``geometry`` becomes the segmentation's reference geometry, so the segments keep exactly
+    the voxels given, also on a grid finer or coarser than ``reference_volume``'s.
+
     Every spec in ``segments`` becomes a segment, in order; label values not declared there
     are an error, since they would otherwise vanish silently. When ``output`` is given its
     segments are replaced, else a new node named ``name`` (default: after the reference
@@ -68,11 +71,17 @@ def write_labels_to_segmentation(
         if spec.terminology:
             segmentation.GetSegment(segment_id).SetTerminology(spec.terminology)
         segment_ids.InsertNextValue(segment_id)
-    output.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
 
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__EfficientSegmentation_import__")
     try:
         update_volume_from_array(labelmap, consecutive, geometry)
+        # The segmentation lives on the grid its labels were computed on: the input volume's (then
+        # it also refers to that volume, as Slicer's editor expects), or a finer or coarser one the
+        # user asked for, which Slicer would otherwise resample away.
+        on_input_grid = (reference_volume.GetImageData() is not None and geometry.shape_kji == VolumeGeometry
+                         .from_volume_node(reference_volume).shape_kji and np.allclose(
+                             geometry.ijk_to_ras, VolumeGeometry.from_volume_node(reference_volume).ijk_to_ras, atol=1e-6))
+        output.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume if on_input_grid else labelmap)
         if not segmentations_logic(scene).ImportLabelmapToSegmentationNode(labelmap, output, segment_ids):
             raise RuntimeError(f"Slicer could not import the label map into segmentation '{output.GetName()}'.")
     finally:

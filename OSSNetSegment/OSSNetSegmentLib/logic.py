@@ -1,0 +1,254 @@
+"""The batch API: segment brain MRI with OSS-Net at the resolution the user picks, get a segmentation node back.
+
+    from OSSNetSegmentLib.logic import OSSNetSegmentLogic
+    result = OSSNetSegmentLogic().segment([flairNode, t1cNode], resolution=2.0)
+    print(result.segmentation.GetName(), result.decoded_fraction, result.seconds)
+
+Used by the panel, the headless CLI and Slicer's Python console alike, on any MRML scene. As
+in Med-NCA a run has three phases so that the panel can keep Slicer responsive: ``prepare``
+reads the scene (main thread), ``compute`` runs the model on plain arrays (any thread),
+``finish`` writes the result (main thread); ``segment`` does all three, blocking. A cancelled
+or failed run leaves the scene as it was, and the input volumes are never modified.
+
+Grids: the inputs are brought onto the first input's grid (the second is resampled there if
+its grid differs, with a note in the result). The model reads arrays in their axis order, as
+it was trained on axial scans: an input whose axes are the patient axes (any flips) is used as
+it is; an oblique or non-axial one is resampled onto an axis-aligned grid first. The output
+grid covers the same box (the ROI's, if one is given) at the chosen spacing, so the
+segmentation lives on a grid finer or coarser than the input when the user asks for one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from EfficientSegmentationCommon.errors import InputVolumeError, describe_node
+from EfficientSegmentationCommon.geometry import VolumeGeometry
+from EfficientSegmentationCommon.grids import KJISlices, axis_aligned_grid, crop_to_roi
+from EfficientSegmentationCommon.model_choice import RegistryLogic
+from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
+from EfficientSegmentationCommon.registry import ModelEntry
+from EfficientSegmentationCommon.resampling import resample
+from EfficientSegmentationCommon.segmentation_output import write_labels_to_segmentation
+from EfficientSegmentationCommon.volume_arrays import array_from_volume
+
+from .resolution import DEFAULT_CHUNK_SIZE, check_output_size, output_shape, output_spacing_for
+
+ATTRIBUTE_PREFIX = "OSSNet."
+# Second input grids that overlap the first one's box by less than this are a mistake, not a
+# registration detail: resampling would fill most of the volume with zeros.
+MIN_OVERLAP = 0.5
+
+
+@dataclass
+class OSSNetJob:
+    """One run's inputs, read from the scene: plain arrays and settings, safe to hand to a thread."""
+
+    input_volumes: list
+    entry: ModelEntry
+    images: list[np.ndarray]  # raw intensities on the first input's whole grid, in the model's input order
+    crop: KJISlices | None  # the ROI's voxel box on that grid
+    input_grid: VolumeGeometry  # the first input's grid, or its ROI box
+    model_grid: VolumeGeometry  # the grid the model reads: ``input_grid``, or an axis-aligned one
+    output_spacing: tuple[float, float, float]  # I, J, K mm on ``model_grid``'s axes
+    chunk_size: int
+    device: str
+    output_segmentation: object | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def output_geometry(self) -> VolumeGeometry:
+        return self.model_grid.with_spacing(self.output_spacing)
+
+
+@dataclass
+class OSSNetComputed:
+    """The model's answer on the output grid."""
+
+    labels: np.ndarray  # uint8 KJI, 1 = the model's first segment
+    geometry: VolumeGeometry
+    decoded_fraction: float
+    decoded_points: int
+    levels: list
+    seconds: float
+
+
+@dataclass
+class OSSNetResult:
+    """What one run produced: the segmentation node, how much was decoded, the time, notes."""
+
+    segmentation: object
+    geometry: VolumeGeometry  # the output grid the segmentation lives on
+    labels: np.ndarray  # the same labels as a KJI array on ``geometry`` (for saving, metrics)
+    decoded_fraction: float  # output voxels decoded by the network / output voxels
+    decoded_points: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def _is_axial(geometry: VolumeGeometry, tolerance: float = 1e-3) -> bool:
+    """True when the I, J, K axes are the R, A, S axes (each possibly flipped)."""
+    return bool(np.allclose(np.abs(geometry.direction), np.eye(3), atol=tolerance))
+
+
+def _ras_spacing(geometry: VolumeGeometry) -> tuple[float, float, float]:
+    """Spacing along R, A, S: that of the voxel axis closest to each patient axis."""
+    closest = np.argmax(np.abs(geometry.direction), axis=1)
+    return tuple(float(geometry.spacing[axis]) for axis in closest)
+
+
+def _overlap(a: VolumeGeometry, b: VolumeGeometry) -> float:
+    """Fraction of ``a``'s bounding box (RAS) that ``b``'s covers."""
+    def box(g: VolumeGeometry) -> tuple[np.ndarray, np.ndarray]:
+        corners = np.array([[x, y, z] for x in (-0.5, g.shape_ijk[0] - 0.5) for y in (-0.5, g.shape_ijk[1] - 0.5)
+                            for z in (-0.5, g.shape_ijk[2] - 0.5)])
+        ras = g.voxel_to_ras(corners)
+        return ras.min(axis=0), ras.max(axis=0)
+
+    (a_low, a_high), (b_low, b_high) = box(a), box(b)
+    common = np.clip(np.minimum(a_high, b_high) - np.maximum(a_low, b_low), 0, None)
+    return float(np.prod(common) / np.prod(a_high - a_low))
+
+
+def _same_grid(a: VolumeGeometry, b: VolumeGeometry) -> bool:
+    return a.shape_kji == b.shape_kji and np.allclose(a.ijk_to_ras, b.ijk_to_ras, atol=1e-4)
+
+
+class OSSNetSegmentLogic(RegistryLogic):
+    """Segments volumes with an OSS-Net model from the registry (or a model file of the user's).
+
+    Loaded models are cached per file and device, so segmenting many volumes loads once.
+    """
+
+    METHOD = "ossnet"
+    METHOD_TITLE = "OSS-Net"
+
+    @staticmethod
+    def _load_network(path: Path, device: str):
+        from .model_io import load_model  # imports torch
+
+        return load_model(path, device)[0]
+
+    def segment(self, inputVolumes, model: str | None = None, resolution: float | None = None,
+                outputSpacing: float | Sequence[float] | None = None, chunkSize: int = DEFAULT_CHUNK_SIZE,
+                device: str = "cpu", roi=None, outputSegmentation=None,
+                progressCallback: ProgressCallback | None = None,
+                cancelRequest: CancelRequest | None = None) -> OSSNetResult:
+        """Segment and return the result; blocking, no dialogs.
+
+        ``inputVolumes``: the volume nodes the model takes, in the order its card lists (for the
+        brain-tumour model FLAIR, then contrast T1; skull-stripped). ``resolution`` is a factor
+        of the input's (2: twice as fine, 0.5: half), or ``outputSpacing`` gives it in mm (one
+        value or I, J, K); neither: the input's own grid. ``chunkSize`` bounds the points decoded
+        at once, and with it the memory, whatever the resolution. ``roi`` (a markups ROI)
+        restricts the segmentation to its box. ``outputSegmentation`` is overwritten if given.
+        ``cancelRequest.cancel()`` (from another thread) stops the run with ``CancelledError``.
+        """
+        job = self.prepare(inputVolumes, model, resolution, outputSpacing, chunkSize, device, roi, outputSegmentation)
+        computed = self.compute(job, scaled(progressCallback, 0.0, 0.9), cancelRequest)
+        return self.finish(job, computed, scaled(progressCallback, 0.9, 1.0), cancelRequest)
+
+    def prepare(self, inputVolumes, model: str | None = None, resolution: float | None = None,
+                outputSpacing: float | Sequence[float] | None = None, chunkSize: int = DEFAULT_CHUNK_SIZE,
+                device: str = "cpu", roi=None, outputSegmentation=None) -> OSSNetJob:
+        """Check the inputs and copy what the computation needs out of the scene (main thread)."""
+        if chunkSize < 1:
+            raise ValueError("chunkSize must be at least 1")
+        entry = self.model_entry(model)
+        volumes = [inputVolumes] if not isinstance(inputVolumes, (list, tuple)) else list(inputVolumes)
+        self._check_count(volumes, entry)
+        arrays = [array_from_volume(volume) for volume in volumes]  # checks each: 3D, scalar, finite
+        reference_image, reference = arrays[0]
+        images, notes = [reference_image], []
+        for volume, (image, geometry), name in zip(volumes[1:], arrays[1:], entry.inputs[1:]):
+            if not _same_grid(geometry, reference):
+                if _overlap(reference, geometry) < MIN_OVERLAP:
+                    raise InputVolumeError(
+                        f"The {name} volume {describe_node(volume)} does not cover the {entry.inputs[0]} volume "
+                        f"{describe_node(volumes[0])} (they share less than {MIN_OVERLAP:.0%} of its box), so it "
+                        "cannot be resampled onto it: select the matching scan of the same patient, or register "
+                        "the two first.")
+                image = resample(image, geometry, reference, order=1)
+                notes.append(f"The {name} volume {describe_node(volume)} was resampled onto the grid of "
+                             f"{describe_node(volumes[0])}.")
+            images.append(image)
+        del arrays
+        crop = None
+        if roi is not None:
+            crop, reference = crop_to_roi(reference, roi)
+        grid = reference
+        if not _is_axial(reference):
+            grid = axis_aligned_grid(reference, _ras_spacing(reference))
+            notes.append("The input is oblique or not axial; it was resampled onto an axis-aligned grid.")
+        spacing = output_spacing_for(grid.spacing, resolution, outputSpacing)
+        check_output_size(output_shape(grid.shape_kji, grid.spacing, spacing))
+        return OSSNetJob(volumes, entry, images, crop, reference, grid, spacing, int(chunkSize), device,
+                         outputSegmentation, notes)
+
+    @staticmethod
+    def _check_count(volumes: list, entry: ModelEntry) -> None:
+        expected = list(entry.inputs)
+        given = [volume for volume in volumes if volume is not None]
+        if len(given) == len(expected) and len(volumes) == len(expected):
+            return
+        missing = [name for name, volume in zip(expected, volumes + [None] * len(expected)) if volume is None]
+        if len(volumes) > len(expected):
+            raise InputVolumeError(f"Model '{entry.id}' takes {len(expected)} input volumes "
+                                   f"({', '.join(expected)}); {len(volumes)} were given.")
+        raise InputVolumeError(f"Model '{entry.id}' needs {', '.join(expected)}; missing: {', '.join(missing)}. "
+                               "Select a volume for each input.")
+
+    def compute(self, job: OSSNetJob, progressCallback: ProgressCallback | None = None,
+                cancelRequest: CancelRequest | None = None) -> OSSNetComputed:
+        """Run the model on the job's arrays; touches no MRML, so it may run in a worker thread."""
+        from .inference import segment
+        from .preprocessing import BACKGROUND, normalize_images
+
+        started = time.perf_counter()
+        report = progressCallback or (lambda fraction, message: None)
+        cancel = cancelRequest or CancelRequest()
+        cancel.raise_if_set()
+        report(0.0, f"Loading model {job.entry.title}")
+        network = self.load(job.entry, job.device)
+        # Intensities are normalised over the whole scan, before cropping to the ROI: a box full of
+        # tumour, normalised on its own, would look like normal tissue to the model.
+        volume = normalize_images(job.images)
+        if job.crop is not None:
+            volume = volume[(slice(None), *job.crop)]
+        if job.model_grid != job.input_grid:
+            volume = [resample(channel, job.input_grid, job.model_grid, order=1, fill=BACKGROUND) for channel in volume]
+        result = segment(network, list(volume), job.model_grid.spacing, output_spacing=job.output_spacing,
+                         chunk_size=job.chunk_size, progress=scaled(report, 0.02, 1.0), cancel=lambda: cancel.is_set,
+                         normalized=True)
+        geometry = job.output_geometry
+        if result.shape != geometry.shape_kji:  # both round the box over the spacing the same way
+            raise RuntimeError(f"output grid mismatch: {result.shape} vs {geometry.shape_kji}")
+        return OSSNetComputed(result.labels, geometry, result.decoded_fraction, result.decoded_points,
+                              result.levels, time.perf_counter() - started)
+
+    def finish(self, job: OSSNetJob, computed: OSSNetComputed, progressCallback: ProgressCallback | None = None,
+               cancelRequest: CancelRequest | None = None) -> OSSNetResult:
+        """Write the segmentation into the scene, all or nothing (main thread)."""
+        report = progressCallback or (lambda fraction, message: None)
+        cancel = cancelRequest or CancelRequest()
+        report(0.0, "Writing segmentation")
+        reference = job.input_volumes[0]
+        output = job.output_segmentation
+        with SceneTransaction(self.scene, protect=[output] if output is not None else []):
+            name = output.GetName() if output is not None else f"{reference.GetName()} OSS-Net"
+            node = write_labels_to_segmentation(self.scene, computed.labels, computed.geometry, reference,
+                                                job.entry.segments, output=output, name=name)
+            spacing = " ".join(f"{s:.4g}" for s in computed.geometry.spacing)
+            for key, value in (("Model", job.entry.id), ("DecodedFraction", f"{computed.decoded_fraction:.5f}"),
+                               ("DecodedPoints", str(computed.decoded_points)),
+                               ("Seconds", f"{computed.seconds:.2f}"), ("OutputSpacing", spacing)):
+                node.SetAttribute(ATTRIBUTE_PREFIX + key, value)
+            cancel.raise_if_set()
+        report(1.0, "Done")
+        return OSSNetResult(node, computed.geometry, computed.labels, computed.decoded_fraction,
+                            computed.decoded_points, computed.seconds, list(job.notes))

@@ -1,0 +1,150 @@
+"""The OSS-Net panel's rules, checked without Slicer's GUI (``OSSNetSegmentLib.panel`` and
+``resolution``): which inputs are missing, the parameter node turned into the logic's arguments,
+the line under the resolution slider (grid and memory), the result line, and choosing inputs by
+name. The .ui and module-file checks are in test_module_panels.py; the shared state machine's in
+test_mednca_panel.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+
+import numpy as np
+import pytest
+import slicer
+
+from EfficientSegmentationCommon.geometry import VolumeGeometry
+from EfficientSegmentationCommon.panel_state import summary_text
+from EfficientSegmentationCommon.segmentation_output import write_scalar_volume
+from OSSNetSegmentLib.input_names import is_input
+from OSSNetSegmentLib.logic import OSSNetResult, OSSNetSegmentLogic
+from OSSNetSegmentLib.panel import INPUT_FIELDS, input_volumes, inputs_problem, resolution_text, run_summary, segment_arguments
+from OSSNetSegmentLib.resolution import (
+    MAX_OUTPUT_VOXELS,
+    check_output_size,
+    grid_summary,
+    memory_estimate,
+    output_shape,
+    output_spacing_for,
+)
+
+BRATS_SHAPE = (155, 240, 240)  # KJI
+
+
+def parameters(**values) -> types.SimpleNamespace:
+    defaults = {"firstInput": None, "secondInput": None, "inputROI": None, "model": "", "outputSegmentation": None,
+                "resolution": 1.0, "chunkSize": 8192.0, "device": "cpu"}
+    return types.SimpleNamespace(**{**defaults, **values})
+
+
+def volume(scene, name: str, shape=(8, 9, 10), spacing=(1.0, 1.0, 1.0)):
+    node = write_scalar_volume(scene, np.zeros(shape, np.float32), VolumeGeometry.compose(shape, spacing), name)
+    return node
+
+
+def test_a_missing_input_is_named_by_its_modality(scene):
+    flair = volume(scene, "flair")
+    assert inputs_problem([flair, None], ["FLAIR", "T1c"], lambda v: "") == "Select the T1c volume."
+    assert inputs_problem([None, flair], ["FLAIR", "T1c"], lambda v: "") == "Select the FLAIR volume."
+    assert "different volume" in inputs_problem([flair, flair], ["FLAIR", "T1c"], lambda v: "")
+    t1c = volume(scene, "t1c")
+    assert inputs_problem([flair, t1c], ["FLAIR", "T1c"], lambda v: "") == ""
+    problem = inputs_problem([flair, t1c], ["FLAIR", "T1c"], lambda v: "bad" if v is t1c else "")
+    assert problem == "T1c: bad"
+
+
+def test_input_volumes_follow_the_model_card_order(scene):
+    flair, t1c = volume(scene, "flair"), volume(scene, "t1c")
+    node = parameters(firstInput=flair, secondInput=t1c)
+    assert input_volumes(node, 2) == [flair, t1c]
+    assert input_volumes(node, 1) == [flair]
+    with pytest.raises(ValueError, match="input selectors"):
+        input_volumes(node, len(INPUT_FIELDS) + 1)
+
+
+def test_segment_arguments_are_the_logics_keywords_with_whole_chunk_sizes():
+    arguments = segment_arguments(parameters(model="ossnet-brats-wholetumour", resolution=2.0, chunkSize=4096.4))
+    assert arguments == {"model": "ossnet-brats-wholetumour", "resolution": 2.0, "chunkSize": 4096, "device": "cpu",
+                         "roi": None, "outputSegmentation": None}
+    keywords = set(inspect.signature(OSSNetSegmentLogic.prepare).parameters) - {"self", "inputVolumes"}
+    assert set(arguments) == keywords - {"outputSpacing"}
+    assert segment_arguments(parameters(model=""))["model"] is None  # the first registered model
+
+
+def test_output_spacing_and_shape_match_the_geometry_the_result_gets():
+    spacing = (0.9375, 0.9375, 1.5)
+    geometry = VolumeGeometry.compose(BRATS_SHAPE, spacing)
+    for resolution in (0.25, 0.5, 1.0, 1.5, 2.0, 4.0):
+        new = output_spacing_for(spacing, resolution)
+        assert np.allclose(new, np.asarray(spacing) / resolution)
+        assert output_shape(BRATS_SHAPE, spacing, new) == geometry.with_spacing(new).shape_kji
+    assert output_spacing_for(spacing) == spacing
+    assert output_spacing_for(spacing, output_spacing=0.5) == (0.5, 0.5, 0.5)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            output_spacing_for(spacing, bad)
+    with pytest.raises(ValueError, match="not both"):
+        output_spacing_for(spacing, 2.0, 0.5)
+
+
+def test_too_large_an_output_grid_is_refused_with_what_to_do():
+    check_output_size((310, 480, 480))
+    with pytest.raises(ValueError, match="coarser resolution or an ROI"):
+        check_output_size((1240, 960, 960))
+    assert np.prod((1240, 960, 960)) > MAX_OUTPUT_VOXELS
+
+
+def test_grid_summary_shows_grid_spacing_voxels_and_memory_that_grows_with_resolution():
+    text = grid_summary(BRATS_SHAPE, (1.0, 1.0, 1.0), 2, 2.0, 8192)
+    assert text.startswith("480 x 480 x 310 voxels of 0.5 x 0.5 x 0.5 mm (71.4 million); about ")
+    assert text.endswith("of memory")
+    memories = [memory_estimate(BRATS_SHAPE, 2, output_shape(BRATS_SHAPE, (1, 1, 1), output_spacing_for((1, 1, 1), r)),
+                                8192) for r in (0.5, 1.0, 2.0)]
+    assert memories[0] <= memories[1] < memories[2]  # up to 1x, preparing the inputs dominates
+    assert memory_estimate(BRATS_SHAPE, 2, BRATS_SHAPE, 1024) < memory_estimate(BRATS_SHAPE, 2, BRATS_SHAPE, 65536)
+    assert "too large" in grid_summary(BRATS_SHAPE, (1.0, 1.0, 1.0), 2, 4.0 * 1.6, 8192)
+
+
+def test_resolution_text_uses_the_first_input_and_the_roi_box(scene):
+    flair = volume(scene, "flair", shape=(20, 30, 40), spacing=(1.0, 1.0, 2.0))
+    assert resolution_text(None, None, 2, 1.0, 8192) == ""
+    assert resolution_text(flair, None, 2, 2.0, 8192).startswith("Output: 80 x 60 x 40 voxels of 0.5 x 0.5 x 1 mm")
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    roi.SetCenter(10.0, 10.0, 10.0)
+    roi.SetSize(10.0, 10.0, 10.0)
+    assert resolution_text(flair, roi, 2, 1.0, 8192).startswith("Output: 11 x 11 x 5 voxels of 1 x 1 x 2 mm")  # voxels the box touches
+    roi.SetCenter(500.0, 500.0, 500.0)
+    assert "does not overlap" in resolution_text(flair, roi, 2, 1.0, 8192)
+
+
+def test_run_summary_reports_grid_decoded_share_and_notes(scene):
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "pat0006 OSS-Net")
+    geometry = VolumeGeometry.compose((20, 30, 40), (0.5, 0.5, 0.5))
+    result = OSSNetResult(segmentation, geometry, np.zeros(geometry.shape_kji, np.uint8), 0.0312, 748, 12.5,
+                          ["The T1c volume 't1c' was resampled onto the grid of 'flair'."])
+    text, style = summary_text(run_summary(result))
+    assert style == ""
+    assert text.splitlines()[0] == "Done in 12 s: 'pat0006 OSS-Net'."
+    assert "Output grid 40 x 30 x 20 voxels of 0.5 x 0.5 x 0.5 mm" in text and "decoded 3.1%" in text
+    assert text.splitlines()[-1].startswith("The T1c volume")
+
+
+@pytest.mark.parametrize(("name", "flair", "t1c"), [
+    ("Flair_subtrMeanDivStd.nii.gz", True, False),
+    ("T1c_subtrMeanDivStd.nii.gz", False, True),
+    ("BraTS20_Training_001_t1ce.nii.gz", False, True),
+    ("BraTS20_Training_001_flair", True, False),
+    ("BraTS20_Training_001_t1.nii.gz", False, False),
+    ("BraTS20_Training_001_seg.nii.gz", False, False),
+    ("flair_mask.nii.gz", False, False),
+    ("OTMultiClass.nii.gz", False, False),
+])
+def test_inputs_are_recognised_by_name(name, flair, t1c):
+    assert (is_input(name, "FLAIR"), is_input(name, "T1c")) == (flair, t1c)
+
+
+def test_the_panel_module_imports_no_slicer_gui():
+    import OSSNetSegmentLib.panel as panel_module
+
+    assert not hasattr(panel_module, "qt") and slicer is not None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from EfficientSegmentationCommon.batch import FORMATS, BatchOutcome, ProgressBar, output_path, run_batch
 from EfficientSegmentationCommon.errors import InputVolumeError
-from EfficientSegmentationCommon.scene import create_scene, load_volume
+from EfficientSegmentationCommon.scene import create_scene, load_volume, name_from_path
 from EfficientSegmentationCommon.segmentation_output import save_labelmap, save_segmentation
 
 from .input_names import fragments_of, is_input
@@ -82,15 +82,7 @@ def cases(inputs: Sequence[str], model_inputs: Sequence[str]) -> list[tuple[str,
     if len(paths) != len(model_inputs):
         raise InputVolumeError(f"The model needs {len(model_inputs)} input volumes, in this order: "
                                f"{', '.join(model_inputs)}; {len(paths)} given.")
-    return [(_case_name(paths[0]), paths)]
-
-
-def _case_name(path: Path) -> str:
-    name = path.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return [(name_from_path(str(paths[0])), paths)]  # named like the volume node load_volume makes
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from EfficientSegmentationCommon.errors import CancelledError
 
 from .network import OSSNet
 from .preprocessing import VolumeSampler, centred_positions, encoder_grid_shape, normalize_images
+from .resolution import output_shape
 
 # (fraction done, message); raising inside it aborts the run.
 ProgressCallback = Callable[[float, str], None]
@@ -90,8 +91,7 @@ def output_grid(shape: Sequence[int], spacing: Sequence[float], output_spacing: 
         new = spacing.copy()
     if np.any(new <= 0) or not np.all(np.isfinite(new)):
         raise ValueError(f"output spacing must be positive, got {new.tolist()}")
-    size_ijk = np.maximum(1, np.round(np.asarray(shape[::-1], dtype=np.float64) * spacing / new)).astype(int)
-    return tuple(int(n) for n in size_ijk[::-1]), tuple(float(s) for s in new)
+    return output_shape(shape, spacing, new), tuple(float(s) for s in new)
 
 
 def level_strides(spacing: Sequence[float] | float, coarsest_spacing: float = 4.0, max_levels: int = 4) -> list[int]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from itertools import zip_longest
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +75,6 @@ class OSSNetComputed:
     geometry: VolumeGeometry
     decoded_fraction: float
     decoded_points: int
-    levels: list
     seconds: float
 
 
@@ -104,19 +104,9 @@ def _ras_spacing(geometry: VolumeGeometry) -> tuple[float, float, float]:
 
 def _overlap(a: VolumeGeometry, b: VolumeGeometry) -> float:
     """Fraction of ``a``'s bounding box (RAS) that ``b``'s covers."""
-    def box(g: VolumeGeometry) -> tuple[np.ndarray, np.ndarray]:
-        corners = np.array([[x, y, z] for x in (-0.5, g.shape_ijk[0] - 0.5) for y in (-0.5, g.shape_ijk[1] - 0.5)
-                            for z in (-0.5, g.shape_ijk[2] - 0.5)])
-        ras = g.voxel_to_ras(corners)
-        return ras.min(axis=0), ras.max(axis=0)
-
-    (a_low, a_high), (b_low, b_high) = box(a), box(b)
+    (a_low, a_high), (b_low, b_high) = a.bounds_ras(), b.bounds_ras()
     common = np.clip(np.minimum(a_high, b_high) - np.maximum(a_low, b_low), 0, None)
     return float(np.prod(common) / np.prod(a_high - a_low))
-
-
-def _same_grid(a: VolumeGeometry, b: VolumeGeometry) -> bool:
-    return a.shape_kji == b.shape_kji and np.allclose(a.ijk_to_ras, b.ijk_to_ras, atol=1e-4)
 
 
 class OSSNetSegmentLogic(RegistryLogic):
@@ -166,7 +156,7 @@ class OSSNetSegmentLogic(RegistryLogic):
         reference_image, reference = arrays[0]
         images, notes = [reference_image], []
         for volume, (image, geometry), name in zip(volumes[1:], arrays[1:], entry.inputs[1:]):
-            if not _same_grid(geometry, reference):
+            if not geometry.matches(reference, atol=1e-4):
                 if _overlap(reference, geometry) < MIN_OVERLAP:
                     raise InputVolumeError(
                         f"The {name} volume {describe_node(volume)} does not cover the {entry.inputs[0]} volume "
@@ -193,15 +183,13 @@ class OSSNetSegmentLogic(RegistryLogic):
     @staticmethod
     def _check_count(volumes: list, entry: ModelEntry) -> None:
         expected = list(entry.inputs)
-        given = [volume for volume in volumes if volume is not None]
-        if len(given) == len(expected) and len(volumes) == len(expected):
-            return
-        missing = [name for name, volume in zip(expected, volumes + [None] * len(expected)) if volume is None]
         if len(volumes) > len(expected):
             raise InputVolumeError(f"Model '{entry.id}' takes {len(expected)} input volumes "
                                    f"({', '.join(expected)}); {len(volumes)} were given.")
-        raise InputVolumeError(f"Model '{entry.id}' needs {', '.join(expected)}; missing: {', '.join(missing)}. "
-                               "Select a volume for each input.")
+        missing = [name for name, volume in zip_longest(expected, volumes) if volume is None]
+        if missing:
+                raise InputVolumeError(f"Model '{entry.id}' needs {', '.join(expected)}; missing: {', '.join(missing)}. "
+                                   "Select a volume for each input.")
 
     def compute(self, job: OSSNetJob, progressCallback: ProgressCallback | None = None,
                 cancelRequest: CancelRequest | None = None) -> OSSNetComputed:
@@ -229,7 +217,7 @@ class OSSNetSegmentLogic(RegistryLogic):
         if result.shape != geometry.shape_kji:  # both round the box over the spacing the same way
             raise RuntimeError(f"output grid mismatch: {result.shape} vs {geometry.shape_kji}")
         return OSSNetComputed(result.labels, geometry, result.decoded_fraction, result.decoded_points,
-                              result.levels, time.perf_counter() - started)
+                              time.perf_counter() - started)
 
     def finish(self, job: OSSNetJob, computed: OSSNetComputed, progressCallback: ProgressCallback | None = None,
                cancelRequest: CancelRequest | None = None) -> OSSNetResult:

@@ -126,6 +126,18 @@ class VolumeGeometry:
         origin = centre - self.direction @ (new_spacing * (new_size - 1) / 2)
         return VolumeGeometry.compose(tuple(reversed(new_size.tolist())), new_spacing, origin, self.direction)
 
+    def bounds_ras(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lowest and highest RAS corner (mm) of the box the voxels tile (half a voxel beyond the
+        outer voxel centres), whatever the directions."""
+        edges = np.array([[x, y, z] for x in (-0.5, self.shape_ijk[0] - 0.5) for y in (-0.5, self.shape_ijk[1] - 0.5)
+                          for z in (-0.5, self.shape_ijk[2] - 0.5)])
+        corners = self.voxel_to_ras(edges)
+        return corners.min(axis=0), corners.max(axis=0)
+
+    def matches(self, other: VolumeGeometry, atol: float) -> bool:
+        """Same shape and IJK-to-RAS matrices equal within ``atol`` (``==`` is exact)."""
+        return self.shape_kji == other.shape_kji and bool(np.allclose(self.ijk_to_ras, other.ijk_to_ras, atol=atol))
+
     def voxel_to_ras(self, ijk: np.ndarray | Sequence[float]) -> np.ndarray:
         """RAS positions of voxel coordinates ``ijk`` (shape (..., 3), I first)."""
         points = np.asarray(ijk, dtype=np.float64)

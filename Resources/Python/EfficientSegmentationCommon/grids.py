@@ -55,11 +55,7 @@ def axis_aligned_grid(geometry: VolumeGeometry, spacing: Sequence[float]) -> Vol
     so no interpolation happens there.
     """
     spacing = np.asarray(spacing, dtype=np.float64)
-    edges = np.array([[x, y, z] for x in (-0.5, geometry.shape_ijk[0] - 0.5)
-                      for y in (-0.5, geometry.shape_ijk[1] - 0.5)
-                      for z in (-0.5, geometry.shape_ijk[2] - 0.5)])
-    corners = geometry.voxel_to_ras(edges)
-    low, high = corners.min(axis=0), corners.max(axis=0)
+    low, high = geometry.bounds_ras()
     size = np.maximum(1, np.round((high - low) / spacing - 1e-6)).astype(int)
     origin = (low + high) / 2 - spacing * (size - 1) / 2
     return VolumeGeometry.compose(tuple(size[::-1].tolist()), spacing, origin)

@@ -99,7 +99,7 @@ def load_volume(scene, path: str | os.PathLike, name: str | None = None):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputVolumeError(f"Cannot load volume file '{path}': no such file.")
-    node = _volumes_logic(scene).AddArchetypeVolume(path, name or _name_from_path(path), 0)
+    node = _volumes_logic(scene).AddArchetypeVolume(path, name or name_from_path(path), 0)
     if node is None:
         raise InputVolumeError(
             f"Cannot load volume file '{path}': it is unreadable, damaged or not an image format Slicer reads."
@@ -107,7 +107,7 @@ def load_volume(scene, path: str | os.PathLike, name: str | None = None):
     return node
 
 
-def _name_from_path(path: str) -> str:
+def name_from_path(path: str) -> str:
     """Node name from a file name without its image extensions (``case.nii.gz`` -> ``case``)."""
     stem = os.path.basename(path)
     root, suffix = os.path.splitext(stem)

@@ -78,9 +78,8 @@ def write_labels_to_segmentation(
         # The segmentation lives on the grid its labels were computed on: the input volume's (then
         # it also refers to that volume, as Slicer's editor expects), or a finer or coarser one the
         # user asked for, which Slicer would otherwise resample away.
-        on_input_grid = (reference_volume.GetImageData() is not None and geometry.shape_kji == VolumeGeometry
-                         .from_volume_node(reference_volume).shape_kji and np.allclose(
-                             geometry.ijk_to_ras, VolumeGeometry.from_volume_node(reference_volume).ijk_to_ras, atol=1e-6))
+        on_input_grid = (reference_volume.GetImageData() is not None
+                         and geometry.matches(VolumeGeometry.from_volume_node(reference_volume), atol=1e-6))
         output.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume if on_input_grid else labelmap)
         if not segmentations_logic(scene).ImportLabelmapToSegmentationNode(labelmap, output, segment_ids):
             raise RuntimeError(f"Slicer could not import the label map into segmentation '{output.GetName()}'.")

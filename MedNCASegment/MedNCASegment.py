@@ -49,7 +49,6 @@ from EfficientSegmentationCommon.module_logic import LibraryLogicMixin  # noqa: 
 from EfficientSegmentationCommon.panel_state import RunSummary  # noqa: E402
 from EfficientSegmentationCommon.segment_widget import SegmentWidgetMixin, segmentCancelThenSegment  # noqa: E402
 from MedNCASegmentLib.panel import (  # noqa: E402
-    STAGE_NAMES,
     run_summary,
     segment_arguments,
     trained_settings,
@@ -125,7 +124,7 @@ class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Seg
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self.initializeRunning(stageNames=STAGE_NAMES)
+        self.initializeRunning()
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""

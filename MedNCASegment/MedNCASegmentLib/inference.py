@@ -88,7 +88,7 @@ def model_input(config: MedNCAConfig, normalized: np.ndarray, factor: int) -> tu
 
 @torch.no_grad()
 def segment(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int = 0,
-            coarse_steps: int | None = None, fine_steps: int | None = None, downscale: int | None = None,
+            global_steps: int | None = None, refinement_steps: int | None = None, downscale: int | None = None,
             progress: ProgressCallback | None = None, normalized: bool = False,
             slice_batch: int | None = None, mirror: bool = True) -> StochasticResult:
     """Run the automaton ``runs`` times on a (D, H, W) volume already on the model's grid.
@@ -109,14 +109,14 @@ def segment(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int = 0,
     model.eval()
     config = model.config
     factor = config.downscale if downscale is None else downscale
-    coarse = config.coarse_steps if coarse_steps is None else coarse_steps
-    fine = config.fine_steps if fine_steps is None else fine_steps
+    global_count = config.global_steps if global_steps is None else global_steps
+    refinement_count = config.refinement_steps if refinement_steps is None else refinement_steps
     batch, crop = model_input(config, image if normalized else normalize_intensity(image), factor)
     generator = torch.Generator().manual_seed(seed)
     if slice_batch is None:
         slice_batch = max(1, min(64, PIXELS_PER_BATCH // (batch.shape[-1] * batch.shape[-2])))
     chunks = list(torch.split(batch, slice_batch)) if config.dims == 2 else [batch]
-    steps_per_chunk = max(1, coarse + fine)
+    steps_per_chunk = max(1, global_count + refinement_count)
     total = runs * len(chunks) * steps_per_chunk
     done = 0
     mean = square = None
@@ -125,12 +125,12 @@ def segment(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int = 0,
         for chunk in chunks:
             def on_step(stage: str, step: int, stage_total: int, _state: torch.Tensor) -> None:
                 if progress is not None:
-                    offset = step if stage == "coarse" else coarse + step
+                    offset = step if stage == "global" else global_count + step
                     progress((done + offset) / total, f"run {run + 1}/{runs}: {stage} step {step}/{stage_total}")
 
             mirrored = mirror and run % 2 == 1
             source = chunk.flip(-1) if mirrored else chunk
-            logits = model(source, coarse, fine, factor, generator=generator, on_step=on_step)
+            logits = model(source, global_count, refinement_count, factor, generator=generator, on_step=on_step)
             outputs.append(torch.sigmoid(logits.flip(-1) if mirrored else logits))
             done += steps_per_chunk
         probabilities = torch.cat(outputs)

@@ -159,8 +159,8 @@ class MedNCASegmentLogic(RegistryLogic):
         # onto the input grid by linear interpolation of the class probabilities.
         grid = axis_aligned_grid(job.geometry, job.entry.spacing)
         model_image = resample(job.image, job.geometry, grid, order=1)
-        result = segment(network, model_image, runs=job.runs, seed=job.seed, coarse_steps=job.global_steps,
-                         fine_steps=job.refinement_steps, downscale=job.downscale, normalized=True,
+        result = segment(network, model_image, runs=job.runs, seed=job.seed, global_steps=job.global_steps,
+                         refinement_steps=job.refinement_steps, downscale=job.downscale, normalized=True,
                          progress=scaled(step, 0.02, 0.97))
         step(0.97, "Resampling to the input grid")
         mean = np.stack([resample(m, grid, job.geometry, order=1) for m in result.mean])

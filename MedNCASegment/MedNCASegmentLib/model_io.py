@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .nca import MedNCA, MedNCAConfig
+from .nca import MedNCA, MedNCAConfig, upgrade_state_dict
 
 
 def save_model(path: Path, model: MedNCA, metadata: dict[str, Any]) -> None:
@@ -25,7 +25,7 @@ def load_model(path: Path, device: str = "cpu") -> tuple[MedNCA, dict[str, Any]]
     try:
         payload = torch.load(Path(path), map_location=device, weights_only=True)
         model = MedNCA(MedNCAConfig.from_dict(payload["config"]))
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(upgrade_state_dict(payload["state_dict"]))
     except (OSError, KeyError, RuntimeError, TypeError) as error:
         raise ValueError(f"{path} is not a Med-NCA model file: {error}") from error
     model.to(device).eval()

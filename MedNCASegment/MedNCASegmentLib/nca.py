@@ -10,7 +10,7 @@ Two model types share this code:
 - ``dims=2``: Med-NCA (Kalkhof et al., IPMI 2023), slice-wise. Perception is two full 3x3
   convolutions; the cell network is 3C -> hidden -> C.
 - ``dims=3``: M3D-NCA (Kalkhof and Mukhopadhyay, MICCAI 2023). Perception is one depthwise
-  3D convolution (7 at the coarse level, 3 at the fine level); the cell network is
+  3D convolution (7 in the global stage, 3 in the refinement stage); the cell network is
   2C -> hidden -> batch norm -> C.
 """
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# A hook that restricts the fine stage to a region (training on patches): it receives the
+# A hook that restricts the refinement stage to a region (training on patches): it receives the
 # upsampled state and the full-resolution image and returns both cropped the same way.
 CropFunction = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -37,12 +37,12 @@ class MedNCAConfig:
     num_classes: int = 2  # anterior, posterior hippocampus
     channels: int = 32  # state channels, inputs and classes included
     hidden: int = 128
-    coarse_steps: int = 24
-    fine_steps: int = 16
+    global_steps: int = 24
+    refinement_steps: int = 16
     downscale: int = 4
     fire_rate: float = 0.5
-    coarse_kernel: int = 3
-    fine_kernel: int = 3
+    global_kernel: int = 3
+    refinement_kernel: int = 3
     batch_norm: bool = False  # M3D-NCA uses it; the 2D cell does not
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,8 +50,28 @@ class MedNCAConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "MedNCAConfig":
-        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        """Read a stored configuration; cards written before the stages were named global and
+        refinement call them coarse and fine."""
+        renamed = {LEGACY_CONFIG_KEYS.get(k, k): v for k, v in values.items()}
+        known = {k: v for k, v in renamed.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+# Configuration keys and weight prefixes of files written before the stages were renamed.
+LEGACY_CONFIG_KEYS = {"coarse_steps": "global_steps", "fine_steps": "refinement_steps",
+                      "coarse_kernel": "global_kernel", "fine_kernel": "refinement_kernel"}
+LEGACY_WEIGHT_PREFIXES = {"coarse.": "global_cell.", "fine.": "refinement_cell."}
+
+
+def upgrade_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Weights of files written before the stages were renamed, under today's parameter names."""
+    upgraded = {}
+    for key, value in state_dict.items():
+        for old, new in LEGACY_WEIGHT_PREFIXES.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        upgraded[key] = value
+    return upgraded
 
 
 def _conv(dims: int) -> type[nn.Module]:
@@ -108,8 +128,8 @@ class MedNCA(nn.Module):
     """The two-stage automaton: global context on a downscaled image, then full-resolution refinement.
 
     Stage 1 starts from zeros with the downscaled image in the input channels and runs
-    ``coarse_steps``; its whole state is upsampled (nearest), the input channels are replaced by
-    the full-resolution image, and stage 2 runs ``fine_steps`` with its own weights. The logits
+    ``global_steps``; its whole state is upsampled (nearest), the input channels are replaced by
+    the full-resolution image, and stage 2 runs ``refinement_steps`` with its own weights. The logits
     of the classes live in the channels right after the input channels.
     """
 
@@ -117,16 +137,16 @@ class MedNCA(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.coarse = NCACell(c.dims, c.channels, c.input_channels, c.hidden, c.coarse_kernel,
+        self.global_cell = NCACell(c.dims, c.channels, c.input_channels, c.hidden, c.global_kernel,
                               c.fire_rate, c.batch_norm)
-        self.fine = NCACell(c.dims, c.channels, c.input_channels, c.hidden, c.fine_kernel,
+        self.refinement_cell = NCACell(c.dims, c.channels, c.input_channels, c.hidden, c.refinement_kernel,
                             c.fire_rate, c.batch_norm)
 
     @property
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, image: torch.Tensor, coarse_steps: int | None = None, fine_steps: int | None = None,
+    def forward(self, image: torch.Tensor, global_steps: int | None = None, refinement_steps: int | None = None,
                 downscale: int | None = None, crop: CropFunction | None = None,
                 generator: torch.Generator | None = None, on_step: StepCallback | None = None) -> torch.Tensor:
         """Logits of shape (batch, num_classes, *spatial) for an image (batch, input_channels, *spatial).
@@ -136,8 +156,8 @@ class MedNCA(nn.Module):
         ``on_step(stage, step, total, state)`` is called after every step (progress, preview, cancel).
         """
         c = self.config
-        coarse_steps = c.coarse_steps if coarse_steps is None else coarse_steps
-        fine_steps = c.fine_steps if fine_steps is None else fine_steps
+        global_steps = c.global_steps if global_steps is None else global_steps
+        refinement_steps = c.refinement_steps if refinement_steps is None else refinement_steps
         factor = c.downscale if downscale is None else downscale
         if image.shape[1] != c.input_channels:
             raise ValueError(f"expected {c.input_channels} image channels, got {image.shape[1]}")
@@ -147,20 +167,20 @@ class MedNCA(nn.Module):
         small = F.avg_pool2d(image, factor) if c.dims == 2 else F.avg_pool3d(image, factor)
         state = torch.zeros((image.shape[0], c.channels, *small.shape[2:]), dtype=image.dtype, device=image.device)
         state[:, : c.input_channels] = small
-        for step in range(coarse_steps):
-            state = self.coarse(state, generator)
+        for step in range(global_steps):
+            state = self.global_cell(state, generator)
             if on_step is not None:
-                on_step("coarse", step + 1, coarse_steps, state)
+                on_step("global", step + 1, global_steps, state)
 
         state = F.interpolate(state, scale_factor=factor, mode="nearest")
         full = image
         if crop is not None:
             state, full = crop(state, full)
         state = torch.cat([full, state[:, c.input_channels:]], dim=1)
-        for step in range(fine_steps):
-            state = self.fine(state, generator)
+        for step in range(refinement_steps):
+            state = self.refinement_cell(state, generator)
             if on_step is not None:
-                on_step("fine", step + 1, fine_steps, state)
+                on_step("refinement", step + 1, refinement_steps, state)
         return state[:, c.input_channels: c.input_channels + c.num_classes]
 
 
@@ -168,5 +188,5 @@ def default_config(dims: int) -> MedNCAConfig:
     """The configurations we train: Med-NCA (2D, 2.5D input) and M3D-NCA (3D)."""
     if dims == 2:
         return MedNCAConfig()
-    return MedNCAConfig(dims=3, input_channels=1, channels=16, hidden=64, coarse_steps=20, fine_steps=12,
-                        downscale=4, coarse_kernel=7, fine_kernel=3, batch_norm=True)
+    return MedNCAConfig(dims=3, input_channels=1, channels=16, hidden=64, global_steps=20, refinement_steps=12,
+                        downscale=4, global_kernel=7, refinement_kernel=3, batch_norm=True)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from EfficientSegmentationCommon.panel_state import RunSummary
 
-# The automaton reports "coarse" and "fine" steps; the panel calls the stages global and refinement.
-STAGE_NAMES = {"coarse": "global", "fine": "refinement"}
 QUALITY_NAME = "quality score (NQM)"
 
 
@@ -43,7 +41,7 @@ def segment_arguments(parameters) -> dict:
 
 def trained_settings(config) -> dict[str, float]:
     """Slider values showing a loaded model's trained stage settings (a ``MedNCAConfig``)."""
-    return {"globalSteps": float(config.coarse_steps), "refinementSteps": float(config.fine_steps),
+    return {"globalSteps": float(config.global_steps), "refinementSteps": float(config.refinement_steps),
             "downscale": float(config.downscale)}
 
 

@@ -95,7 +95,7 @@ class Sampler:
 
 
 def patch_cropper(labels: torch.Tensor, patch: int, rng: np.random.Generator, on_structure: float = 0.8):
-    """A crop function for the fine stage: per sample, a patch centred on a random foreground
+    """A crop function for the refinement stage: per sample, a patch centred on a random foreground
     voxel (with probability ``on_structure``) or anywhere; returns it and the cropped labels' slot."""
     spatial = labels.shape[1:]
     corners = []
@@ -156,7 +156,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, required=True, help="where the trained weights are written")
     parser.add_argument("--iterations", type=int, default=12000)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--patch", type=int, default=24, help="side of the fine-stage training patch")
+    parser.add_argument("--patch", type=int, default=24, help="side of the refinement-stage training patch")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--seed", type=int, default=2026)
@@ -166,8 +166,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-cases", type=int, default=12, help="validation cases for the periodic check")
     parser.add_argument("--channels", type=int, default=None)
     parser.add_argument("--hidden", type=int, default=None)
-    parser.add_argument("--coarse-steps", type=int, default=None)
-    parser.add_argument("--fine-steps", type=int, default=None)
+    parser.add_argument("--global-steps", type=int, default=None)
+    parser.add_argument("--refinement-steps", type=int, default=None)
     return parser.parse_args(argv)
 
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     config = default_config(args.dims)
-    for name in ("channels", "hidden", "coarse_steps", "fine_steps"):
+    for name in ("channels", "hidden", "global_steps", "refinement_steps"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     model = MedNCA(config)

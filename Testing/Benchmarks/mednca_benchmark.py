@@ -80,8 +80,8 @@ def nca_forward_flops(config: dict, padded_shape: tuple[int, ...], runs: int = 1
         fine_cells, coarse_cells = d * h * w, d * (h // f) * (w // f)
     else:
         fine_cells, coarse_cells = d * h * w, (d // f) * (h // f) * (w // f)
-    coarse = runs * config["coarse_steps"] * coarse_cells * nca_cell_flops(config, config["coarse_kernel"])
-    fine = runs * config["fine_steps"] * fine_cells * nca_cell_flops(config, config["fine_kernel"])
+    coarse = runs * config["global_steps"] * coarse_cells * nca_cell_flops(config, config["global_kernel"])
+    fine = runs * config["refinement_steps"] * fine_cells * nca_cell_flops(config, config["refinement_kernel"])
     return {"coarse": coarse, "fine": fine, "total": coarse + fine}
 
 

@@ -39,7 +39,7 @@ def test_output_shape_and_parameter_budget(dims: int) -> None:
     model = MedNCA(config)
     spatial = (16, 12) if dims == 2 else (16, 32, 16)  # 3D: downscaled sides >= 4 for the 7^3 kernel
     image = torch.rand(3 if dims == 2 else 1, config.input_channels, *spatial)
-    logits = model(image, coarse_steps=2, fine_steps=2)
+    logits = model(image, global_steps=2, refinement_steps=2)
     assert logits.shape == (image.shape[0], config.num_classes, *spatial)
     assert model.parameter_count <= 100_000
 
@@ -49,23 +49,23 @@ def test_untrained_automaton_is_the_identity(dims: int) -> None:
     config = default_config(dims)
     model = MedNCA(config).eval()
     state = torch.rand(2, config.channels, *((8, 8) if dims == 2 else (8, 8, 8)))
-    for cell in (model.coarse, model.fine):
+    for cell in (model.global_cell, model.refinement_cell):
         assert torch.equal(cell(state), state)
 
 
 def test_steps_never_change_the_input_channels() -> None:
     config = MedNCAConfig(channels=8, hidden=16, input_channels=3)
     model = MedNCA(config)
-    torch.nn.init.normal_(model.fine.fc1.weight)  # a non-trivial update
+    torch.nn.init.normal_(model.refinement_cell.fc1.weight)  # a non-trivial update
     state = torch.rand(2, 8, 12, 12)
-    after = model.fine(model.fine(state))
+    after = model.refinement_cell(model.refinement_cell(state))
     assert torch.equal(after[:, :3], state[:, :3])
     assert not torch.equal(after[:, 3:], state[:, 3:])
 
 
 def test_fire_rate_updates_about_half_the_cells() -> None:
     config = MedNCAConfig(channels=8, hidden=16, input_channels=1, fire_rate=0.5)
-    cell = MedNCA(config).fine
+    cell = MedNCA(config).refinement_cell
     torch.nn.init.constant_(cell.fc1.weight, 1.0)
     state = torch.rand(1, 8, 64, 64)
     changed = (cell(state, torch.Generator().manual_seed(0)) != state)[:, 1:].any(dim=1).float().mean()
@@ -115,3 +115,15 @@ def test_shipped_weights_reach_the_model_card_dice(shipped) -> None:
         measured.append(dice(labels > 0, case.labels > 0))
         stated.append(rows[case_id]["dice_foreground"])
     assert abs(np.mean(measured) - np.mean(stated)) <= 0.02
+
+
+def test_a_card_written_with_the_old_stage_names_still_loads() -> None:
+    """Cards and weight files written before the stages were named global/refinement say coarse/fine."""
+    from MedNCASegmentLib.nca import upgrade_state_dict
+
+    config = MedNCAConfig.from_dict({"coarse_steps": 7, "fine_steps": 5, "coarse_kernel": 3, "fine_kernel": 3})
+    assert (config.global_steps, config.refinement_steps) == (7, 5)
+    model = MedNCA(config)
+    old = {key.replace("global_cell.", "coarse.").replace("refinement_cell.", "fine."): value
+           for key, value in model.state_dict().items()}
+    MedNCA(config).load_state_dict(upgrade_state_dict(old))

@@ -29,7 +29,7 @@ from EfficientSegmentationCommon.panel_state import (
 )
 from EfficientSegmentationCommon.registry import ModelEntry, ModelRegistry
 from MedNCASegmentLib.logic import MedNCAResult
-from MedNCASegmentLib.panel import STAGE_NAMES, run_summary, segment_arguments, trained_settings
+from MedNCASegmentLib.panel import run_summary, segment_arguments, trained_settings
 
 class FakeClock:
     def __init__(self) -> None:
@@ -60,7 +60,7 @@ def test_idle_panel_offers_segment_only_when_the_inputs_are_usable():
 
 def test_idle_running_finished():
     clock = FakeClock()
-    panel = SegmentPanel(stage_names=STAGE_NAMES, clock=clock)
+    panel = SegmentPanel(clock=clock)
     panel.start()
     view = panel.view()
     assert (view.state, view.button_text, view.button_enabled) == (JobState.RUNNING, "Cancel", True)
@@ -71,11 +71,11 @@ def test_idle_running_finished():
     assert panel.update(status(JobState.RUNNING, 0.0, "Loading model Med-NCA hippocampus")) is None
     assert panel.view().progress_text == "Loading model Med-NCA hippocampus"
     clock.now += 30.0
-    panel.update(status(JobState.RUNNING, 0.25, "run 3/10: coarse step 5/24"))
+    panel.update(status(JobState.RUNNING, 0.25, "run 3/10: global step 5/24"))
     view = panel.view()
     assert view.progress_percent == 25
     assert view.progress_text == "Run 3/10: global step 5/24 (about 1 min 30 s left)"
-    panel.update(status(JobState.RUNNING, 0.5, "run 6/10: fine step 2/16"))
+    panel.update(status(JobState.RUNNING, 0.5, "run 6/10: refinement step 2/16"))
     assert panel.view().progress_text.startswith("Run 6/10: refinement step 2/16")
 
     assert panel.update(status(JobState.FINISHED, 0.9, "Done")) == FINISH
@@ -124,7 +124,7 @@ def test_a_cancel_wins_over_a_computation_that_finished_anyway():
 def test_running_failed_with_its_message():
     panel = SegmentPanel()
     panel.start()
-    panel.update(status(JobState.RUNNING, 0.3, "run 1/2: coarse step 3/24"))
+    panel.update(status(JobState.RUNNING, 0.3, "run 1/2: global step 3/24"))
     panel.update(status(JobState.FAILED, 0.3, "The weights of model 'x' are missing: /m.pt",
                         error=ValueError("The weights of model 'x' are missing: /m.pt")))
     view = panel.view()
@@ -164,11 +164,11 @@ def test_a_likely_failure_is_a_red_warning():
 
 
 def test_a_real_background_job_driven_through_the_panel():
-    job, panel = BackgroundJob(), SegmentPanel(stage_names=STAGE_NAMES)
+    job, panel = BackgroundJob(), SegmentPanel()
     release = threading.Event()
 
     def work(progress, cancel):
-        progress(0.5, "run 1/2: coarse step 12/24")
+        progress(0.5, "run 1/2: global step 12/24")
         release.wait(5)
         return "computed"
 
@@ -249,7 +249,7 @@ def test_segment_arguments_are_the_logics_keywords():
 def test_trained_settings_fill_the_sliders():
     from MedNCASegmentLib.nca import MedNCAConfig  # torch is fine in the headless tests
 
-    config = MedNCAConfig(coarse_steps=30, fine_steps=12, downscale=2)
+    config = MedNCAConfig(global_steps=30, refinement_steps=12, downscale=2)
     assert trained_settings(config) == {"globalSteps": 30.0, "refinementSteps": 12.0, "downscale": 2.0}
 
 

@@ -18,7 +18,6 @@ the widget reports ``finished``/``failed``/``cancelled``.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,15 +116,11 @@ def summary_text(summary: RunSummary) -> tuple[str, str]:
 class SegmentPanel:
     """State machine and view-model of a Segment panel.
 
-    ``stage_names`` renames words in the computation's progress messages for the user (Med-NCA
-    reports "coarse"/"fine" steps; its panel calls them "global"/"refinement"). ``clock`` is
-    injectable for tests.
+    ``clock`` is injectable for tests.
     """
 
-    def __init__(self, action_text: str = "Segment", stage_names: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, action_text: str = "Segment", clock: Callable[[], float] = time.monotonic) -> None:
         self.action_text = action_text
-        self._stage_names = dict(stage_names or {})
         self._clock = clock
         self.state = JobState.IDLE
         self.fraction = 0.0
@@ -236,7 +231,7 @@ class SegmentPanel:
         """The progress bar's text: the current stage or step, and an estimate of the time left."""
         if self.state is not JobState.RUNNING:
             return self.message
-        text = self._rename(self.message)
+        text = self.message
         text = text[:1].upper() + text[1:]
         remaining = self.remaining_seconds()
         if remaining is not None:
@@ -273,11 +268,6 @@ class SegmentPanel:
             result_text=self.result_text,
             result_style=self.result_style,
         )
-
-    def _rename(self, message: str) -> str:
-        for old, new in self._stage_names.items():
-            message = re.sub(rf"\b{re.escape(old)}\b", new, message)
-        return message
 
 
 @dataclass(frozen=True)

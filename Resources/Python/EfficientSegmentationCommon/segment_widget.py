@@ -36,9 +36,9 @@ class SegmentWidgetMixin:
 
     METHOD_TITLE = ""  # "Med-NCA", "OSS-Net": used in messages
 
-    def initializeRunning(self, stageNames=None) -> None:
+    def initializeRunning(self) -> None:
         """Call from the widget's ``__init__``."""
-        self.panel = SegmentPanel(_("Segment"), stage_names=stageNames)
+        self.panel = SegmentPanel(_("Segment"))
         self._job = BackgroundJob()
         self._runningJob = None  # the job being computed
         self._pollTimer = None

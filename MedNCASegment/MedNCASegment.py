@@ -9,20 +9,17 @@ The panel's behaviour (button, progress, result text) is the Qt-free state machi
 ``MedNCASegmentLib.panel``. Both are tested headless; the widget below only wires them to Qt.
 """
 
-import importlib.util
 import logging
 import os
 import sys
 import traceback
-from typing import Annotated, Optional
 
 import numpy as np
 import slicer
-import vtk
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -32,27 +29,24 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 
-def _addSharedPackageToPath() -> None:
-    """Make EfficientSegmentationCommon importable when running from the source tree.
-
-    A built extension installs the package beside this file. When this folder is added to
-    Slicer's additional module paths instead, the package is in ../Resources/Python.
-    """
-    sourceTreePath = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "Resources", "Python"))
-    if importlib.util.find_spec("EfficientSegmentationCommon") is None and os.path.isdir(sourceTreePath):
-        sys.path.append(sourceTreePath)
-
-
-_addSharedPackageToPath()
+# EfficientSegmentationCommon: installed beside this file by a build, or in ../Resources/Python when
+# this folder is added to Slicer's module paths from a source tree (appended: an installed copy wins).
+sys.path.append(os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "Resources", "Python")))
 
 from EfficientSegmentationCommon.module_logic import LibraryLogicMixin  # noqa: E402
 from EfficientSegmentationCommon.panel_state import RunSummary  # noqa: E402
-from EfficientSegmentationCommon.segment_widget import SegmentWidgetMixin, segmentCancelThenSegment  # noqa: E402
+from EfficientSegmentationCommon.segment_widget import (  # noqa: E402
+    SegmentWidgetMixin,
+    checkInputProblems,
+    segmentCancelThenSegment,
+    settingsParameters,
+)
 from MedNCASegmentLib.panel import (  # noqa: E402
+    panel_settings,
     run_summary,
-    segment_arguments,
     trained_settings,
 )
+from MedNCASegmentLib.settings import MedNCASettings  # noqa: E402
 
 
 class MedNCASegment(ScriptedLoadableModule):
@@ -81,111 +75,32 @@ class MedNCASegment(ScriptedLoadableModule):
 
 
 @parameterNodeWrapper
-class MedNCASegmentParameterNode:
-    """Panel state, saved with the scene.
+class MedNCASegmentParameterNode(settingsParameters(MedNCASettings)):
+    """Panel state, saved with the scene: one parameter per option of ``MedNCASettings`` (inherited,
+    named in camelCase: model, globalSteps, refinementSteps, downscale, runs, seed, device,
+    keepLargestComponent, uncertaintyVolume), and these.
 
     inputVolume: the volume to segment.
     inputROI: optional markups ROI; only the voxels inside it are segmented.
-    model: registry id of the model (set from the model combo box, which is filled at run time).
     outputSegmentation: segmentation whose segments are replaced by the result (None: a new one).
-    createUncertaintyVolume: also write the spread of the stochastic runs as a volume.
     useTrainedSettings: leave globalSteps, refinementSteps and downscale to the model.
-    globalSteps, refinementSteps, downscale: stage settings (floats: ctkSliderWidget binds floats).
-    runs: stochastic runs; their mean is the result and their spread the quality score.
-    device: "cpu" or "cuda" (set from the device combo box, which lists what this computer has).
-    seed: seed of the random cell updates.
-    keepLargestComponent: clear everything but the largest connected structure.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     inputROI: vtkMRMLMarkupsROINode
-    model: str = ""
     outputSegmentation: vtkMRMLSegmentationNode
-    createUncertaintyVolume: bool = False
     useTrainedSettings: bool = True
-    globalSteps: Annotated[float, WithinRange(0, 100)] = 24.0
-    refinementSteps: Annotated[float, WithinRange(0, 100)] = 16.0
-    downscale: Annotated[float, WithinRange(1, 8)] = 4.0
-    runs: Annotated[float, WithinRange(1, 50)] = 10.0
-    device: str = "cpu"
-    seed: Annotated[int, WithinRange(0, 1000000)] = 0
-    keepLargestComponent: bool = True
 
 
-class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, SegmentWidgetMixin):
+class MedNCASegmentWidget(SegmentWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel: binds the .ui to the parameter node and runs segmentations in the background
-    (the running part is shared with OSS-Net: ``EfficientSegmentationCommon.segment_widget``)."""
+    (the lifecycle and the running part are shared with OSS-Net: ``EfficientSegmentationCommon.segment_widget``)."""
 
     METHOD_TITLE = "Med-NCA"
+    UI_FILE = "UI/MedNCASegment.ui"
 
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)  # needed for parameter node observation
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self.initializeRunning()
-
-    def setup(self) -> None:
-        """Called when the user opens the module the first time and the widget is initialized."""
-        ScriptedLoadableModuleWidget.setup(self)
-
-        # Load widget from .ui file (created by Qt Designer).
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedNCASegment.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-
-        # Set scene in MRML widgets; the .ui connects the top-level widget's mrmlSceneChanged
-        # signal to each MRML widget's setMRMLScene slot.
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = MedNCASegmentLogic()
-
-        # These connections ensure that we update parameter node when scene is closed
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        # Model and device combo boxes, Segment/Cancel button, polling timer.
-        self.setupRunning()
-
-        # Make sure parameter node is initialized (needed for module reload)
-        self.initializeParameterNode()
-        self._refresh()
-
-    def cleanup(self) -> None:
-        """Called when the application closes and the module widget is destroyed."""
-        self.cleanupRunning()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        """Called each time the user opens this module."""
-        # Make sure parameter node exists and observed
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        """Called each time the user opens a different module."""
-        # Do not react to parameter node changes (GUI will be updated when the user enters into the module).
-        # A running segmentation goes on; its timer still polls and writes the result.
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        """Called just before the scene is closed."""
-        # The inputs go away: stop a running segmentation, write nothing.
-        self._abandonRun()
-        # Parameter node will be reset, do not use it anymore
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        """Called just after the scene is closed."""
-        if not self.panel.active:
-            self.panel.reset()
-        # If this module is shown while the scene is closed then recreate a new parameter node immediately
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-        self._refresh()
+    def _createLogic(self):
+        return MedNCASegmentLogic()
 
     def initializeParameterNode(self) -> None:
         """Ensure parameter node exists and observed."""
@@ -200,22 +115,6 @@ class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Seg
                 self._parameterNode.inputVolume = firstVolumeNode
         if not self._parameterNode.model:
             self._parameterNode.model = self._defaultModelId()
-
-    def setParameterNode(self, inputParameterNode: Optional[MedNCASegmentParameterNode]) -> None:
-        """Set and observe parameter node.
-
-        Observation is needed because when the parameter node is changed then the GUI must be updated immediately.
-        """
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            # Note: in the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each
-            # ui element that needs connection.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         """Parameters changed: sync the hand-bound combo boxes, say whether Segment can run."""
@@ -232,14 +131,12 @@ class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Seg
 
     # -- hooks of SegmentWidgetMixin ----------------------------------------------------------
 
-    def _settingsSections(self) -> list:
-        return [self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton, self.ui.advancedCollapsibleButton]
-
     def _prepareJob(self):
-        return self.logic.prepare(self._parameterNode.inputVolume, **segment_arguments(self._parameterNode))
+        node = self._parameterNode
+        return self.logic.prepare(node.inputVolume, panel_settings(node), node.inputROI, node.outputSegmentation)
 
     def _runSummary(self, result, job) -> RunSummary:
-        return run_summary(result, job.runs)
+        return run_summary(result, job.settings.runs)
 
     def _showResult(self, result, job) -> None:
         """Select the new segmentation as output (a new run replaces it) and show it in the views."""
@@ -258,7 +155,7 @@ class MedNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Seg
             slicer.util.setSliceViewerLayers(background=job.input_volume)
 
 
-class MedNCASegmentLogic(ScriptedLoadableModuleLogic, LibraryLogicMixin):
+class MedNCASegmentLogic(LibraryLogicMixin, ScriptedLoadableModuleLogic):
     """Batch API of the module, usable from Slicer's Python console without the panel.
 
     The implementation is ``MedNCASegmentLib.logic.MedNCASegmentLogic`` (also used headless);
@@ -270,23 +167,12 @@ class MedNCASegmentLogic(ScriptedLoadableModuleLogic, LibraryLogicMixin):
         result = logic.segment(volumeNode, runs=10)  # blocking; see MedNCASegmentLib.logic
         print(result.segmentation.GetName(), result.quality, result.likely_failure)
 
-    ``segment`` takes the options of ``MedNCASegmentLib.logic``'s: model, globalSteps,
-    refinementSteps, downscale, runs, device, roi, outputSegmentation, uncertaintyVolume, seed,
-    keepLargestComponent, progressCallback, cancelRequest.
+    ``segment``, ``prepare``, ``compute`` and ``finish`` are those of ``MedNCASegmentLib.logic``
+    (``LibraryLogicMixin``); the options are the fields of ``MedNCASettings``.
     """
 
-    def __init__(self, scene=None) -> None:
-        """Called when the logic class is instantiated. ``scene``: default ``slicer.mrmlScene``."""
-        ScriptedLoadableModuleLogic.__init__(self)
-        self.initializeLibraryLogic(scene)
-
-    def getParameterNode(self):
-        return MedNCASegmentParameterNode(super().getParameterNode())
-
-    def _implementationClass(self):
-        from MedNCASegmentLib.logic import MedNCASegmentLogic as Implementation
-
-        return Implementation
+    PARAMETER_NODE_CLASS = MedNCASegmentParameterNode
+    IMPLEMENTATION = "MedNCASegmentLib.logic.MedNCASegmentLogic"
 
     def trainedConfig(self, job):
         """The configuration (trained stage settings) of the job's model; cached after a run."""
@@ -321,11 +207,7 @@ class MedNCASegmentTest(ScriptedLoadableModuleTest):
     def test_inputValidation(self) -> None:
         self.delayDisplay("Checking input validation")
         logic = MedNCASegmentLogic()
-        self.assertIn("No input volume", logic.inputProblem(None))
-        volume = slicer.util.addVolumeFromArray(np.random.default_rng(0).random((8, 9, 10), dtype=np.float32))
-        self.assertEqual(logic.inputProblem(volume), "")
-        singleSlice = slicer.util.addVolumeFromArray(np.zeros((1, 9, 10), dtype=np.float32))
-        self.assertIn("single slice", logic.inputProblem(singleSlice))
+        checkInputProblems(self, logic)
         self.delayDisplay("Input validation test passed")
 
     def test_logicSegmentsRealVolume(self) -> None:

@@ -10,10 +10,8 @@ Med-NCA (``EfficientSegmentationCommon.segment_widget``); the OSS-Net specific r
 ``OSSNetSegmentLib.panel``. All of these are tested headless; the widget below only wires them to Qt.
 """
 
-import importlib.util
 import os
 import sys
-from typing import Annotated, Optional
 
 import numpy as np
 import slicer
@@ -21,7 +19,7 @@ import vtk
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -31,31 +29,28 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 
-def _addSharedPackageToPath() -> None:
-    """Make EfficientSegmentationCommon importable when running from the source tree.
-
-    A built extension installs the package beside this file. When this folder is added to
-    Slicer's additional module paths instead, the package is in ../Resources/Python.
-    """
-    sourceTreePath = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "Resources", "Python"))
-    if importlib.util.find_spec("EfficientSegmentationCommon") is None and os.path.isdir(sourceTreePath):
-        sys.path.append(sourceTreePath)
-
-
-_addSharedPackageToPath()
+# EfficientSegmentationCommon: installed beside this file by a build, or in ../Resources/Python when
+# this folder is added to Slicer's module paths from a source tree (appended: an installed copy wins).
+sys.path.append(os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "Resources", "Python")))
 
 from EfficientSegmentationCommon.module_logic import LibraryLogicMixin  # noqa: E402
 from EfficientSegmentationCommon.panel_state import RunSummary  # noqa: E402
-from EfficientSegmentationCommon.segment_widget import SegmentWidgetMixin, segmentCancelThenSegment  # noqa: E402
+from EfficientSegmentationCommon.segment_widget import (  # noqa: E402
+    SegmentWidgetMixin,
+    checkInputProblems,
+    segmentCancelThenSegment,
+    settingsParameters,
+)
 from OSSNetSegmentLib.input_names import is_input  # noqa: E402
 from OSSNetSegmentLib.panel import (  # noqa: E402
     INPUT_FIELDS,
     input_volumes,
     inputs_problem,
+    panel_settings,
     resolution_text,
     run_summary,
-    segment_arguments,
 )
+from OSSNetSegmentLib.settings import OSSNetSettings  # noqa: E402
 
 # Inputs of the shipped model, shown until the registry is read.
 DEFAULT_INPUTS = ("FLAIR", "T1c")
@@ -88,95 +83,30 @@ class OSSNetSegment(ScriptedLoadableModule):
 
 
 @parameterNodeWrapper
-class OSSNetSegmentParameterNode:
-    """Panel state, saved with the scene.
+class OSSNetSegmentParameterNode(settingsParameters(OSSNetSettings)):
+    """Panel state, saved with the scene: one parameter per option of ``OSSNetSettings`` that the
+    panel shows (inherited, named in camelCase: model, resolution, chunkSize, device), and these.
 
     firstInput, secondInput: the model's input volumes in its card's order (FLAIR, contrast T1).
     inputROI: optional markups ROI; only its box is segmented.
-    model: registry id of the model (set from the model combo box, which is filled at run time).
     outputSegmentation: segmentation whose segments are replaced by the result (None: a new one).
-    resolution: output resolution as a factor of the input's (2: twice as fine along each axis).
-    chunkSize: points decoded at once (bounds the memory); a float because ctkSliderWidget binds floats.
-    device: "cpu" or "cuda" (set from the device combo box, which lists what this computer has).
     """
 
     firstInput: vtkMRMLScalarVolumeNode
     secondInput: vtkMRMLScalarVolumeNode
     inputROI: vtkMRMLMarkupsROINode
-    model: str = ""
     outputSegmentation: vtkMRMLSegmentationNode
-    resolution: Annotated[float, WithinRange(0.25, 4.0)] = 1.0
-    chunkSize: Annotated[float, WithinRange(1024, 131072)] = 8192.0
-    device: str = "cpu"
 
 
-class OSSNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, SegmentWidgetMixin):
-    """The module panel: binds the .ui to the parameter node and runs segmentations in the background."""
+class OSSNetSegmentWidget(SegmentWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel: binds the .ui to the parameter node and runs segmentations in the background
+    (the lifecycle and the running part are shared with Med-NCA: ``EfficientSegmentationCommon.segment_widget``)."""
 
     METHOD_TITLE = "OSS-Net"
+    UI_FILE = "UI/OSSNetSegment.ui"
 
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)  # needed for parameter node observation
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self.initializeRunning()
-
-    def setup(self) -> None:
-        """Called when the user opens the module the first time and the widget is initialized."""
-        ScriptedLoadableModuleWidget.setup(self)
-
-        # Load widget from .ui file (created by Qt Designer).
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/OSSNetSegment.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-
-        # Set scene in MRML widgets; the .ui connects the top-level widget's mrmlSceneChanged
-        # signal to each MRML widget's setMRMLScene slot.
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = OSSNetSegmentLogic()
-
-        # These connections ensure that we update parameter node when scene is closed
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        # Model and device combo boxes, Segment/Cancel button, polling timer.
-        self.setupRunning()
-
-        # Make sure parameter node is initialized (needed for module reload)
-        self.initializeParameterNode()
-        self._refresh()
-
-    def cleanup(self) -> None:
-        """Called when the application closes and the module widget is destroyed."""
-        self.cleanupRunning()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        """Called each time the user opens this module."""
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        """Called each time the user opens a different module; a running segmentation goes on."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        """Called just before the scene is closed: stop a running segmentation, write nothing."""
-        self._abandonRun()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        """Called just after the scene is closed."""
-        if not self.panel.active:
-            self.panel.reset()
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-        self._refresh()
+    def _createLogic(self):
+        return OSSNetSegmentLogic()
 
     def initializeParameterNode(self) -> None:
         """Ensure parameter node exists and observed; preselect inputs by name to save clicks."""
@@ -184,24 +114,11 @@ class OSSNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Seg
         if not self._parameterNode.model:
             self._parameterNode.model = self._defaultModelId()
         volumes = list(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
-        for field, inputName in zip(INPUT_FIELDS, self._modelInputs()):
+        for field, inputName in zip(INPUT_FIELDS, self._modelInputs(), strict=False):  # the model may take fewer
             if getattr(self._parameterNode, field) is None:
                 match = next((v for v in volumes if is_input(v.GetName(), inputName)), None)
                 if match is not None:
                     setattr(self._parameterNode, field, match)
-
-    def setParameterNode(self, inputParameterNode: Optional[OSSNetSegmentParameterNode]) -> None:
-        """Set and observe parameter node (the GUI follows its changes)."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            # Note: in the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each
-            # ui element that needs connection.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._checkCanApply()
 
     def _modelInputs(self) -> tuple:
         """The selected model's inputs (modality names, in order)."""
@@ -221,14 +138,16 @@ class OSSNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Seg
             names = self._modelInputs()
             labels = (self.ui.firstInputLabel, self.ui.secondInputLabel)
             selectors = (self.ui.firstInputSelector, self.ui.secondInputSelector)
-            for index, (label, selector) in enumerate(zip(labels, selectors)):
+            for index, (label, selector) in enumerate(zip(labels, selectors, strict=True)):
                 label.visible = selector.visible = index < len(names)
                 if index < len(names):
                     label.text = _("{modality} volume:").format(modality=names[index])
             volumes = input_volumes(node, len(names))
             problem = inputs_problem(volumes, names, self.logic.inputProblem) or self._modelProblem(node.model)
-            self.ui.gridLabel.text = resolution_text(volumes[0], node.inputROI, len(names), node.resolution,
-                                                     node.chunkSize)
+            try:
+                self.ui.gridLabel.text = resolution_text(volumes[0], node.inputROI, len(names), panel_settings(node))
+            except ValueError as error:  # a setting out of range (e.g. a scene saved by another version)
+                self.ui.gridLabel.text = str(error)
         else:
             problem = _("No parameter node: reopen the module.")
         self.panel.set_input_problem(problem)
@@ -236,12 +155,10 @@ class OSSNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Seg
 
     # -- hooks of SegmentWidgetMixin ----------------------------------------------------------
 
-    def _settingsSections(self) -> list:
-        return [self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton, self.ui.advancedCollapsibleButton]
-
     def _prepareJob(self):
-        volumes = input_volumes(self._parameterNode, len(self._modelInputs()))
-        return self.logic.prepare(volumes, **segment_arguments(self._parameterNode))
+        node = self._parameterNode
+        volumes = input_volumes(node, len(self._modelInputs()))
+        return self.logic.prepare(volumes, panel_settings(node), node.inputROI, node.outputSegmentation)
 
     def _runSummary(self, result, job) -> RunSummary:
         return run_summary(result)
@@ -253,7 +170,7 @@ class OSSNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Seg
         slicer.util.setSliceViewerLayers(background=job.input_volumes[0])
 
 
-class OSSNetSegmentLogic(ScriptedLoadableModuleLogic, LibraryLogicMixin):
+class OSSNetSegmentLogic(LibraryLogicMixin, ScriptedLoadableModuleLogic):
     """Batch API of the module, usable from Slicer's Python console without the panel.
 
     The implementation is ``OSSNetSegmentLib.logic.OSSNetSegmentLogic`` (also used headless);
@@ -264,22 +181,12 @@ class OSSNetSegmentLogic(ScriptedLoadableModuleLogic, LibraryLogicMixin):
         result = logic.segment([flairNode, t1cNode], resolution=2.0)  # blocking
         print(result.segmentation.GetName(), result.decoded_fraction, result.seconds)
 
-    ``segment`` takes the options of ``OSSNetSegmentLib.logic``'s: model, resolution,
-    outputSpacing, chunkSize, device, roi, outputSegmentation, progressCallback, cancelRequest.
+    ``segment``, ``prepare``, ``compute`` and ``finish`` are those of ``OSSNetSegmentLib.logic``
+    (``LibraryLogicMixin``); the options are the fields of ``OSSNetSettings``.
     """
 
-    def __init__(self, scene=None) -> None:
-        """Called when the logic class is instantiated. ``scene``: default ``slicer.mrmlScene``."""
-        ScriptedLoadableModuleLogic.__init__(self)
-        self.initializeLibraryLogic(scene)
-
-    def getParameterNode(self):
-        return OSSNetSegmentParameterNode(super().getParameterNode())
-
-    def _implementationClass(self):
-        from OSSNetSegmentLib.logic import OSSNetSegmentLogic as Implementation
-
-        return Implementation
+    PARAMETER_NODE_CLASS = OSSNetSegmentParameterNode
+    IMPLEMENTATION = "OSSNetSegmentLib.logic.OSSNetSegmentLogic"
 
 
 class OSSNetSegmentTest(ScriptedLoadableModuleTest):
@@ -310,11 +217,7 @@ class OSSNetSegmentTest(ScriptedLoadableModuleTest):
     def test_inputValidation(self) -> None:
         self.delayDisplay("Checking input validation")
         logic = OSSNetSegmentLogic()
-        self.assertIn("No input volume", logic.inputProblem(None))
-        volume = slicer.util.addVolumeFromArray(np.random.default_rng(0).random((8, 9, 10), dtype=np.float32))
-        self.assertEqual(logic.inputProblem(volume), "")
-        singleSlice = slicer.util.addVolumeFromArray(np.zeros((1, 9, 10), dtype=np.float32))
-        self.assertIn("single slice", logic.inputProblem(singleSlice))
+        volume = checkInputProblems(self, logic)
         self.assertIn("T1c", inputs_problem([volume, None], ["FLAIR", "T1c"], logic.inputProblem))
         with self.assertRaises(ValueError):
             logic.prepare([volume])  # one of the two inputs missing

@@ -7,7 +7,6 @@ them over.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +47,3 @@ def load_case(data_dir: Path, case_id: str) -> Case:
     image = read_nifti_kji(data_dir / "imagesTr" / f"{case_id}.nii.gz")
     labels = read_nifti_kji(data_dir / "labelsTr" / f"{case_id}.nii.gz").round().astype(np.uint8)
     return Case(case_id, image, labels)
-
-
-def make_split(ids: list[str], validation_fraction: float, seed: int) -> dict[str, list[str]]:
-    """A reproducible random split of case ids into training and validation."""
-    shuffled = sorted(ids)
-    random.Random(seed).shuffle(shuffled)
-    count = round(len(shuffled) * validation_fraction)
-    return {"train": sorted(shuffled[count:]), "validation": sorted(shuffled[:count])}

@@ -1,7 +1,8 @@
 """The batch API: segment a volume node with Med-NCA and get a segmentation node back.
 
     from MedNCASegmentLib.logic import MedNCASegmentLogic
-    result = MedNCASegmentLogic().segment(volumeNode, runs=10)
+    from MedNCASegmentLib.settings import MedNCASettings
+    result = MedNCASegmentLogic().segment(volumeNode, MedNCASettings(runs=10))  # or segment(volumeNode, runs=10)
     print(result.segmentation.GetName(), result.quality)
 
 Used by the panel, the headless CLI and Slicer's Python console alike, on any MRML scene
@@ -27,9 +28,11 @@ from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback
 from EfficientSegmentationCommon.registry import ModelEntry
 from EfficientSegmentationCommon.resampling import resample
 from EfficientSegmentationCommon.segmentation_output import write_labels_to_segmentation, write_scalar_volume
+from EfficientSegmentationCommon.settings import settings_from_keywords
 from EfficientSegmentationCommon.volume_arrays import array_from_volume
 
 from .preprocessing import normalize_intensity
+from .settings import MedNCASettings
 
 QUALITY_ATTRIBUTE = "MedNCA.QualityScore"
 
@@ -40,19 +43,12 @@ class MedNCAJob:
 
     input_volume: object
     entry: ModelEntry
-    image: np.ndarray  # normalised, on ``geometry`` (the input or its ROI crop)
+    settings: MedNCASettings
+    image: np.ndarray  # normalised, KJI, on ``geometry`` (the input or its ROI crop)
     geometry: VolumeGeometry
     full_geometry: VolumeGeometry
     crop: KJISlices | None
-    runs: int
-    seed: int
-    global_steps: int | None
-    refinement_steps: int | None
-    downscale: int | None
-    device: str
     output_segmentation: object | None
-    uncertainty_volume: bool
-    keep_largest_component: bool
 
 
 @dataclass
@@ -67,9 +63,12 @@ class MedNCAComputed:
 
 @dataclass
 class MedNCAResult:
-    """What one run produced: the segmentation node, NQM per segment name, optional uncertainty volume."""
+    """What one run produced: the segmentation node (and its labels), NQM per segment name, optional
+    uncertainty volume."""
 
     segmentation: object
+    labels: np.ndarray  # the segmentation as a KJI label map (the model card's label values) on ``geometry``
+    geometry: VolumeGeometry  # the input volume's grid
     quality: dict[str, float]
     uncertainty: object | None = None
     seconds: float = 0.0
@@ -99,46 +98,48 @@ class MedNCASegmentLogic(RegistryLogic):
 
         return load_model(path, device)[0]
 
-    def segment(self, inputVolume, model: str | None = None, globalSteps: int | None = None,
-                refinementSteps: int | None = None, downscale: int | None = None, runs: int = 10,
-                device: str = "cpu", roi=None, outputSegmentation=None, uncertaintyVolume: bool = False,
-                seed: int = 0, keepLargestComponent: bool = True, progressCallback: ProgressCallback | None = None,
-                cancelRequest: CancelRequest | None = None) -> MedNCAResult:
+    def segment(self, inputVolume, settings: MedNCASettings | None = None, roi=None, outputSegmentation=None,
+                progressCallback: ProgressCallback | None = None, cancelRequest: CancelRequest | None = None,
+                **options) -> MedNCAResult:
         """Segment ``inputVolume`` and return the result; blocking, no dialogs.
 
-        ``globalSteps``/``refinementSteps``/``downscale`` default to the model's trained values;
-        ``runs`` stochastic runs give the mean segmentation and the quality score (NQM). ``roi``
-        (a markups ROI) crops the input first; the result lies in the input's full geometry.
-        ``outputSegmentation`` is overwritten if given. ``keepLargestComponent`` clears all but
-        the largest connected structure (turn it off for an input holding both hippocampi). ``cancelRequest.cancel()`` (from another
-        thread) stops the run at its next step with ``CancelledError``.
+        Args:
+            inputVolume: a scalar volume node (T1 MRI).
+            settings: how to segment (``MedNCASettings``); default: the model card's.
+            roi: a markups ROI node: only its box is segmented; the result lies in the input's
+                full geometry.
+            outputSegmentation: a segmentation node to overwrite (default: a new one).
+            progressCallback: ``(fraction, message)``, called often; raising in it stops the run.
+            cancelRequest: ``cancel()`` it from another thread to stop the run at its next step
+                with ``CancelledError``.
+            options: any setting as a keyword, in camelCase or as the field name, applied over
+                ``settings``: ``model``, ``globalSteps``, ``refinementSteps``, ``downscale``,
+                ``runs``, ``seed``, ``device``, ``keepLargestComponent``, ``uncertaintyVolume``
+                (see ``MedNCASettings``).
+
+        Raises:
+            InputVolumeError: the volume cannot be segmented (the message says why).
+            ModelError: the model is unknown, missing or damaged.
+            TypeError / ValueError: an unknown option or an invalid value.
+            CancelledError: the run was cancelled; the scene is as it was.
         """
-        job = self.prepare(inputVolume, model, globalSteps, refinementSteps, downscale, runs, device, roi,
-                           outputSegmentation, uncertaintyVolume, seed, keepLargestComponent)
+        settings = settings_from_keywords(MedNCASettings, settings, **options)
+        job = self.prepare(inputVolume, settings, roi, outputSegmentation)
         computed = self.compute(job, scaled(progressCallback, 0.0, 0.9), cancelRequest)
         return self.finish(job, computed, scaled(progressCallback, 0.9, 1.0), cancelRequest)
 
-    def prepare(self, inputVolume, model: str | None = None, globalSteps: int | None = None,
-                refinementSteps: int | None = None, downscale: int | None = None, runs: int = 10,
-                device: str = "cpu", roi=None, outputSegmentation=None, uncertaintyVolume: bool = False,
-                seed: int = 0, keepLargestComponent: bool = True) -> MedNCAJob:
+    def prepare(self, inputVolume, settings: MedNCASettings | None = None, roi=None,
+                outputSegmentation=None) -> MedNCAJob:
         """Check the inputs and copy what the computation needs out of the scene (main thread)."""
-        if runs < 1:
-            raise ValueError("runs must be at least 1")
-        for name, value in (("globalSteps", globalSteps), ("refinementSteps", refinementSteps)):
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must not be negative")
-        if downscale is not None and downscale < 1:
-            raise ValueError("downscale must be at least 1")
+        settings = settings if settings is not None else MedNCASettings()
         image, full_geometry = array_from_volume(inputVolume)
         geometry, crop = full_geometry, None
         if roi is not None:
             crop, geometry = crop_to_roi(full_geometry, roi)
             image = image[crop]
-        entry = self.model_entry(model)
-        return MedNCAJob(inputVolume, entry, normalize_intensity(image), geometry, full_geometry, crop, runs, seed,
-                         globalSteps, refinementSteps, downscale, device, outputSegmentation, uncertaintyVolume,
-                         keepLargestComponent)
+        entry = self.model_entry(settings.model)
+        return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image), geometry, full_geometry, crop,
+                         outputSegmentation)
 
     def compute(self, job: MedNCAJob, progressCallback: ProgressCallback | None = None,
                 cancelRequest: CancelRequest | None = None) -> MedNCAComputed:
@@ -154,19 +155,19 @@ class MedNCASegmentLogic(RegistryLogic):
             report(fraction, message)
 
         step(0.0, f"Loading model {job.entry.title}")
-        network = self.load(job.entry, job.device)
+        network = self.load(job.entry, job.settings.device)
         # The model works on an axis-aligned grid of its training spacing; results come back
         # onto the input grid by linear interpolation of the class probabilities.
         grid = axis_aligned_grid(job.geometry, job.entry.spacing)
         model_image = resample(job.image, job.geometry, grid, order=1)
-        result = segment(network, model_image, runs=job.runs, seed=job.seed, global_steps=job.global_steps,
-                         refinement_steps=job.refinement_steps, downscale=job.downscale, normalized=True,
-                         progress=scaled(step, 0.02, 0.97))
+        settings = job.settings
+        result = segment(network, model_image, normalized=True, progress=scaled(step, 0.02, 0.97),
+                         **settings.inference_keywords())
         step(0.97, "Resampling to the input grid")
         mean = np.stack([resample(m, grid, job.geometry, order=1) for m in result.mean])
-        spread = resample(result.std.sum(axis=0), grid, job.geometry, order=1) if job.uncertainty_volume else None
+        spread = resample(result.std.sum(axis=0), grid, job.geometry, order=1) if settings.uncertainty_volume else None
         labels = decode_labels(mean)
-        if job.keep_largest_component:
+        if settings.keep_largest_component:
             labels = keep_largest_component(labels)
         step(1.0, "Computed")
         return MedNCAComputed(labels, spread, result.quality, time.perf_counter() - started)
@@ -188,17 +189,17 @@ class MedNCASegmentLogic(RegistryLogic):
             name = output.GetName() if output is not None else f"{volume.GetName()} Med-NCA"
             node = write_labels_to_segmentation(self.scene, labels, job.full_geometry, volume, job.entry.segments,
                                                 output=output, name=name)
-            quality = {spec.name: float(q) for spec, q in zip(job.entry.segments, computed.quality)}
+            quality = {spec.name: float(q) for spec, q in zip(job.entry.segments, computed.quality, strict=True)}
             for segment_name, score in quality.items():
                 node.SetAttribute(f"{QUALITY_ATTRIBUTE}.{segment_name}", f"{score:.5f}")
             node.SetAttribute("MedNCA.Model", job.entry.id)
-            node.SetAttribute("MedNCA.Runs", str(job.runs))
+            node.SetAttribute("MedNCA.Runs", str(job.settings.runs))
             uncertainty = None
             if spread is not None:
                 uncertainty = write_scalar_volume(self.scene, spread.astype(np.float32), job.full_geometry,
                                                   f"{volume.GetName()} Med-NCA uncertainty")
             cancel.raise_if_set()
-        result = MedNCAResult(node, quality, uncertainty, computed.seconds,
+        result = MedNCAResult(node, labels, job.full_geometry, quality, uncertainty, computed.seconds,
                               quality_warning_threshold=job.entry.quality_warning_threshold)
         if result.likely_failure:
             result.warnings.append(

@@ -1,42 +1,27 @@
 """The Med-NCA panel's own rules, in plain Python (no Qt, no torch), tested headless.
 
 The module widget (MedNCASegment.py) stays a thin layer over these and over the shared
-``EfficientSegmentationCommon.panel_state``: how the panel's parameters become arguments of
-``MedNCASegmentLogic.prepare``, and what is reported after a run.
+``EfficientSegmentationCommon.panel_state``: how the panel's parameters become the run's
+``MedNCASettings``, and what is reported after a run.
 """
 
 from __future__ import annotations
 
 from EfficientSegmentationCommon.panel_state import RunSummary
+from EfficientSegmentationCommon.settings import settings_from_parameters
+
+from .settings import MedNCASettings
 
 QUALITY_NAME = "quality score (NQM)"
 
 
-def segment_arguments(parameters) -> dict:
-    """Keyword arguments of ``MedNCASegmentLogic.prepare`` (after the input volume) from the
-    panel's parameter node (any object with its fields as attributes).
+def panel_settings(parameters) -> MedNCASettings:
+    """The run's ``MedNCASettings`` from the panel's parameter node (any object with the
+    settings' camelCase names as attributes, plus ``useTrainedSettings``).
 
-    With ``useTrainedSettings`` the stage settings are left to the model (None); the sliders
-    hold floats (ctkSliderWidget binds to float), the logic takes integers.
+    With ``useTrainedSettings`` the stage settings are left to the model (None).
     """
-    trained = bool(parameters.useTrainedSettings)
-
-    def integer(value) -> int | None:
-        return None if trained else int(round(value))
-
-    return {
-        "model": parameters.model or None,
-        "globalSteps": integer(parameters.globalSteps),
-        "refinementSteps": integer(parameters.refinementSteps),
-        "downscale": integer(parameters.downscale),
-        "runs": int(round(parameters.runs)),
-        "device": parameters.device or "cpu",
-        "roi": parameters.inputROI,
-        "outputSegmentation": parameters.outputSegmentation,
-        "uncertaintyVolume": bool(parameters.createUncertaintyVolume),
-        "seed": int(parameters.seed),
-        "keepLargestComponent": bool(parameters.keepLargestComponent),
-    }
+    return settings_from_parameters(MedNCASettings, parameters, use_trained=bool(parameters.useTrainedSettings))
 
 
 def trained_settings(config) -> dict[str, float]:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from EfficientSegmentationCommon.hardware import hardware_description
+from EfficientSegmentationCommon.metrics import dice
 from EfficientSegmentationCommon.training import warmup_cosine
 
 from .augmentation import augment
@@ -127,13 +128,8 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     probabilities = torch.sigmoid(logits)
     dims = (0, *range(2, logits.dim()))
     intersection = (probabilities * target).sum(dims)
-    dice = (2 * intersection + 1) / (probabilities.sum(dims) + target.sum(dims) + 1)
-    return bce + (1 - dice).mean()
-
-
-def hard_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    both = prediction.sum() + truth.sum()
-    return 1.0 if both == 0 else float(2 * np.logical_and(prediction, truth).sum() / both)
+    soft_dice = (2 * intersection + 1) / (probabilities.sum(dims) + target.sum(dims) + 1)
+    return bce + (1 - soft_dice).mean()
 
 
 def evaluate(model: MedNCA, cases: list[Case], runs: int, seed: int) -> dict[str, float]:
@@ -141,9 +137,9 @@ def evaluate(model: MedNCA, cases: list[Case], runs: int, seed: int) -> dict[str
     scores: dict[str, list[float]] = {"foreground": [], "anterior": [], "posterior": []}
     for case in cases:
         labels = segment(model, case.image, runs=runs, seed=seed).labels()
-        scores["foreground"].append(hard_dice(labels > 0, case.labels > 0))
-        scores["anterior"].append(hard_dice(labels == 1, case.labels == 1))
-        scores["posterior"].append(hard_dice(labels == 2, case.labels == 2))
+        scores["foreground"].append(dice(labels > 0, case.labels > 0))
+        scores["anterior"].append(dice(labels == 1, case.labels == 1))
+        scores["posterior"].append(dice(labels == 2, case.labels == 2))
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 

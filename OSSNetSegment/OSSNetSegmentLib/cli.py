@@ -19,14 +19,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from EfficientSegmentationCommon.batch import FORMATS, BatchOutcome, ProgressBar, output_path, run_batch
+from EfficientSegmentationCommon import batch
 from EfficientSegmentationCommon.errors import InputVolumeError
-from EfficientSegmentationCommon.scene import create_scene, load_volume, name_from_path
-from EfficientSegmentationCommon.segmentation_output import save_labelmap, save_segmentation
+from EfficientSegmentationCommon.scene import load_volume, name_from_path
+from EfficientSegmentationCommon.settings import add_arguments
 
 from .input_names import fragments_of, is_input
 from .logic import OSSNetSegmentLogic
-from .resolution import DEFAULT_CHUNK_SIZE
+from .settings import OSSNetSettings
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -37,15 +37,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--input", "-i", nargs="+", required=True,
                         help="the input files of one case in the model card's order, or one or more case folders")
     parser.add_argument("-o", "--output-dir", type=Path, required=True)
-    resolution = parser.add_mutually_exclusive_group()
-    resolution.add_argument("--resolution", type=float, default=None,
-                            help="output resolution as a factor of the input's (2: twice as fine; default 1)")
-    resolution.add_argument("--spacing", type=float, default=None, help="output spacing in mm (isotropic)")
-    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK_SIZE,
-                        help=f"points decoded at once; bounds the memory (default {DEFAULT_CHUNK_SIZE})")
-    parser.add_argument("--model", default=None, help="registry id or model file (default: the first OSS-Net model)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--format", choices=FORMATS, default="seg.nrrd")
+    add_arguments(parser, OSSNetSettings)
+    parser.add_argument("--format", choices=batch.FORMATS, default="seg.nrrd")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     return parser.parse_args(argv)
 
@@ -87,41 +80,33 @@ def cases(inputs: Sequence[str], model_inputs: Sequence[str]) -> list[tuple[str,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    scene = create_scene()
-    logic = OSSNetSegmentLogic(scene)
     try:
-        entry = logic.model_entry(args.model)
+        session = batch.start_command(args, OSSNetSegmentLogic, OSSNetSettings)
+        scene, logic, settings, entry = session.scene, session.logic, session.settings, session.entry
         work = dict(cases(args.input, entry.inputs))
-    except InputVolumeError as error:
+    except ValueError as error:  # an invalid setting, a model problem (ModelError) or a bad input
         print(f"ossnet-segment: {error}", file=sys.stderr)
         return 2
-    resolution = f"{args.spacing} mm" if args.spacing else f"{args.resolution or 1:g}x the input's"
+    if settings.output_spacing is not None:
+        resolution = " x ".join(f"{s:g}" for s in settings.output_spacing) + " mm"
+    else:
+        resolution = f"{settings.resolution:g}x the input's"
     print(f"model: {entry.id} ({entry.title}); inputs {', '.join(entry.inputs)}; resolution {resolution}; "
-          f"chunk {args.chunk}; output: {args.output_dir}", flush=True)
+          f"chunk {settings.chunk_size}; output: {args.output_dir}", flush=True)
 
-    def process(name: str) -> BatchOutcome:
+    def process(name: str) -> batch.BatchOutcome:
         volumes = [load_volume(scene, str(path)) for path in work[name]]
         try:
-            result = logic.segment(volumes, model=args.model, resolution=args.resolution, outputSpacing=args.spacing,
-                                   chunkSize=args.chunk, device=args.device, progressCallback=ProgressBar(name))
-            path = output_path(args.output_dir, name, args.format)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if args.format == "nii.gz":
-                save_labelmap(result.labels, result.geometry, path)
-            else:
-                save_segmentation(result.segmentation, path)
+            result = logic.segment(volumes, settings, progressCallback=batch.ProgressBar(name))
+            path = batch.write_result(result, batch.output_path(args.output_dir, name, args.format))
             grid = " x ".join(str(n) for n in result.geometry.shape_ijk)
             notes = "".join(f"; note: {w}" for w in result.warnings)
-            return BatchOutcome(name, True, f"{path} ({grid} voxels; {result.seconds:.1f} s; "
+            return batch.BatchOutcome(name, True, f"{path} ({grid} voxels; {result.seconds:.1f} s; "
                                             f"{result.decoded_fraction:.2%} of the voxels decoded){notes}", result.seconds)
         finally:
             scene.Clear(0)  # keep memory flat over long batches
 
-    return run_batch(list(work), process)
+    return batch.run_batch(list(work), process)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def labels_on_grid(labels: np.ndarray, spacing: tuple[float, ...], shape: tuple[
     """Labels (KJI, spacing IJK) read at the centres of another centred grid (nearest voxel)."""
     spacing_kji, out_kji = spacing[::-1], out_spacing[::-1]
     index = []
-    for n, s, m, t in zip(labels.shape, spacing_kji, shape, out_kji):
+    for n, s, m, t in zip(labels.shape, spacing_kji, shape, out_kji, strict=True):
         position = centred_positions(m, t)
         index.append(np.clip(np.round(position / s + (n - 1) / 2).astype(int), 0, n - 1))
     return labels[np.ix_(*index)]
@@ -104,7 +104,7 @@ def evaluate_case(model: OSSNet, case: Case, full: bool) -> dict:
         single = segment(model, case.images, case.spacing, levels=1)
         row["single_level"] = {**scores(single, truth), "agreement_dice_with_coarse_to_fine":
                                round(dice(single.labels > 0, native.labels > 0), 4)}
-        coarse = segment(model, case.images, case.spacing, spacing_factor=2.0)
+        coarse = segment(model, case.images, case.spacing, output_spacing=tuple(s * 2 for s in case.spacing))
         row["output_2mm"] = scores(coarse, labels_on_grid(truth, case.spacing, coarse.shape, coarse.spacing))
         images, spacing = degrade(case, 2.0)
         upsampled = segment(model, images, spacing, output_spacing=case.spacing)
@@ -112,7 +112,7 @@ def evaluate_case(model: OSSNet, case: Case, full: bool) -> dict:
                                                                        upsampled.spacing))
         row["input_2mm_output_1mm"]["agreement_dice_with_native"] = (
             round(dice(upsampled.labels > 0, native.labels > 0), 4) if upsampled.shape == native.shape else None)
-        fine = segment(model, case.images, case.spacing, spacing_factor=0.5)
+        fine = segment(model, case.images, case.spacing, output_spacing=tuple(s / 2 for s in case.spacing))
         # (HD95 would need distance maps of the 8x larger grid; Dice is enough here.)
         row["output_0.5mm"] = scores(fine, labels_on_grid(truth, case.spacing, fine.shape, fine.spacing), with_hd95=False)
     print(json.dumps(row), flush=True)

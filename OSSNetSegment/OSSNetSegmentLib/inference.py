@@ -35,10 +35,10 @@ import torch
 from scipy import ndimage
 
 from EfficientSegmentationCommon.errors import CancelledError
+from EfficientSegmentationCommon.geometry import VolumeGeometry
 
 from .network import OSSNet
 from .preprocessing import VolumeSampler, centred_positions, encoder_grid_shape, normalize_images
-from .resolution import output_shape
 
 # (fraction done, message); raising inside it aborts the run.
 ProgressCallback = Callable[[float, str], None]
@@ -73,25 +73,16 @@ class SegmentationResult:
         return tuple(self.labels.shape)
 
 
-def output_grid(shape: Sequence[int], spacing: Sequence[float], output_spacing: Sequence[float] | float | None = None,
-                spacing_factor: float | None = None) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """Output shape (KJI) and spacing (IJK mm) for an input of ``shape`` (KJI) and ``spacing`` (IJK).
-
-    Give ``output_spacing`` (mm: one value or I, J, K) or ``spacing_factor`` (output spacing =
-    input spacing x factor; 0.5 is twice as fine), or neither for the input's grid. Sizes are
-    the box extent over the new spacing, rounded, as ``VolumeGeometry.with_spacing`` does."""
-    spacing = np.asarray(spacing, dtype=np.float64)
-    if output_spacing is not None and spacing_factor is not None:
-        raise ValueError("give output_spacing or spacing_factor, not both")
-    if output_spacing is not None:
-        new = np.broadcast_to(np.asarray(output_spacing, dtype=np.float64), (3,)).copy()
-    elif spacing_factor is not None:
-        new = spacing * float(spacing_factor)
-    else:
-        new = spacing.copy()
+def output_grid(shape: Sequence[int], spacing: Sequence[float],
+                output_spacing: Sequence[float] | float | None = None) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Output shape (KJI) and spacing (I, J, K mm) for an input of ``shape`` (KJI) and ``spacing``
+    (I, J, K mm): the input's box at ``output_spacing`` (mm, one value or three; default the input
+    spacing), sized as ``VolumeGeometry.with_spacing`` sizes it (the one formula)."""
+    new = np.broadcast_to(np.asarray(spacing if output_spacing is None else output_spacing, dtype=np.float64), (3,))
     if np.any(new <= 0) or not np.all(np.isfinite(new)):
         raise ValueError(f"output spacing must be positive, got {new.tolist()}")
-    return output_shape(shape, spacing, new), tuple(float(s) for s in new)
+    geometry = VolumeGeometry.compose(tuple(shape), spacing).with_spacing(new)
+    return geometry.shape_kji, tuple(float(s) for s in new)
 
 
 def level_strides(spacing: Sequence[float] | float, coarsest_spacing: float = 4.0, max_levels: int = 4) -> list[int]:
@@ -156,9 +147,9 @@ class _Decoder:
     """Decodes points in chunks, reporting progress and honouring cancellation between chunks."""
 
     def __init__(self, model: OSSNet, encoding, sampler: VolumeSampler, chunk_size: int,
-                 progress: ProgressCallback | None, cancel: Callable[[], bool] | None) -> None:
+                 cancel: Callable[[], bool] | None) -> None:
         self.model, self.encoding, self.sampler = model, encoding, sampler
-        self.chunk_size, self.progress, self.cancel = chunk_size, progress, cancel
+        self.chunk_size, self.cancel = chunk_size, cancel
         self.count = 0
 
     def check_cancel(self) -> None:
@@ -183,7 +174,7 @@ class _Decoder:
 
 @torch.no_grad()
 def segment(model: OSSNet, images: Sequence[np.ndarray], spacing: Sequence[float],
-            output_spacing: Sequence[float] | float | None = None, spacing_factor: float | None = None,
+            output_spacing: Sequence[float] | float | None = None,
             chunk_size: int = 8192, progress: ProgressCallback | None = None,
             cancel: Callable[[], bool] | None = None, return_probabilities: bool = False,
             levels: int | None = None, coarsest_spacing: float = 4.0, threshold: float = 0.5,
@@ -192,8 +183,8 @@ def segment(model: OSSNet, images: Sequence[np.ndarray], spacing: Sequence[float
     """Segment one volume: ``images`` are the model's inputs (``model.config.inputs``, e.g. FLAIR
     and T1c), KJI arrays on one grid of ``spacing`` (I, J, K mm).
 
-    The output grid is the input's box at ``output_spacing`` (mm) or ``spacing_factor`` x the
-    input spacing (see :func:`output_grid`). ``chunk_size`` bounds the points per decoder call
+    The output grid is the input's box at ``output_spacing`` (mm; default the input spacing; see
+    :func:`output_grid`). ``chunk_size`` bounds the points per decoder call
     and so the decoder's memory, whatever the output resolution. ``levels`` overrides the
     number of coarse-to-fine levels (1: decode every point the coarse head flags).
     ``cancel()`` returning True raises ``CancelledError`` at the next chunk. Inference is
@@ -210,7 +201,7 @@ def segment(model: OSSNet, images: Sequence[np.ndarray], spacing: Sequence[float
     spacing_kji = tuple(float(s) for s in reversed(tuple(spacing)))
     volume = np.stack([np.asarray(i, dtype=np.float32) for i in images]) if normalized else normalize_images(images)
     shape_in = volume.shape[1:]
-    out_shape, out_spacing = output_grid(shape_in, spacing, output_spacing, spacing_factor)
+    out_shape, out_spacing = output_grid(shape_in, spacing, output_spacing)
     out_spacing_kji = out_spacing[::-1]
 
     report(0.0, "encoding the volume")
@@ -218,7 +209,7 @@ def segment(model: OSSNet, images: Sequence[np.ndarray], spacing: Sequence[float
     del volume
     grid = encoder_grid_shape(sampler.extent, config.encoder_spacing, config.pooling)
     encoding = model.encode(sampler.encoder_input(grid, config.encoder_spacing))
-    decoder = _Decoder(model, encoding, sampler, chunk_size, progress, cancel)
+    decoder = _Decoder(model, encoding, sampler, chunk_size, cancel)
     decoder.check_cancel()
     report(0.1, "decoding")
 
@@ -228,7 +219,7 @@ def segment(model: OSSNet, images: Sequence[np.ndarray], spacing: Sequence[float
     padded = [top * math.ceil((n - 1) / top) + 1 for n in out_shape]
     # Point positions (mm from the box centre) along each axis; they follow the unpadded grid's centring.
     axes = [torch.as_tensor(centred_positions(n, s)[0] + np.arange(p) * s, dtype=torch.float32)
-            for p, n, s in zip(padded, out_shape, out_spacing_kji)]
+            for p, n, s in zip(padded, out_shape, out_spacing_kji, strict=True)]
 
     def positions_of(indices: np.ndarray, stride: int) -> Callable[[int, int], torch.Tensor]:
         def get(start: int, stop: int) -> torch.Tensor:
@@ -268,7 +259,7 @@ def segment(model: OSSNet, images: Sequence[np.ndarray], spacing: Sequence[float
         span = (0.1 + 0.9 * level / len(strides), 0.1 + 0.9 * (level + 1) / len(strides))
         message = f"level {level + 1}/{len(strides)} (every {stride} voxels): {len(indices)} points"
         values = decoder(positions_of(indices, stride), len(indices),
-                         lambda f: report(span[0] + (span[1] - span[0]) * f, message))
+                         lambda f, span=span, message=message: report(span[0] + (span[1] - span[0]) * f, message))
         if len(indices):
             index = tuple(indices.T)
             probability[index] = values if return_probabilities else values > threshold

@@ -1,7 +1,7 @@
 """The batch API: segment brain MRI with OSS-Net at the resolution the user picks, get a segmentation node back.
 
     from OSSNetSegmentLib.logic import OSSNetSegmentLogic
-    result = OSSNetSegmentLogic().segment([flairNode, t1cNode], resolution=2.0)
+    result = OSSNetSegmentLogic().segment([flairNode, t1cNode], resolution=2.0)  # or OSSNetSettings(resolution=2.0)
     print(result.segmentation.GetName(), result.decoded_fraction, result.seconds)
 
 Used by the panel, the headless CLI and Slicer's Python console alike, on any MRML scene. As
@@ -21,7 +21,6 @@ segmentation lives on a grid finer or coarser than the input when the user asks 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from itertools import zip_longest
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +29,17 @@ import numpy as np
 
 from EfficientSegmentationCommon.errors import InputVolumeError, describe_node
 from EfficientSegmentationCommon.geometry import VolumeGeometry
-from EfficientSegmentationCommon.grids import KJISlices, axis_aligned_grid, crop_to_roi
+from EfficientSegmentationCommon.grids import KJISlices, crop_to_roi
 from EfficientSegmentationCommon.model_choice import RegistryLogic
 from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
 from EfficientSegmentationCommon.resampling import resample
 from EfficientSegmentationCommon.segmentation_output import write_labels_to_segmentation
+from EfficientSegmentationCommon.settings import settings_from_keywords
 from EfficientSegmentationCommon.volume_arrays import array_from_volume
 
-from .resolution import DEFAULT_CHUNK_SIZE, check_output_size, output_shape, output_spacing_for
+from .resolution import OutputGridPlan, plan_output_grid
+from .settings import OSSNetSettings
 
 ATTRIBUTE_PREFIX = "OSSNet."
 # Second input grids that overlap the first one's box by less than this are a mistake, not a
@@ -52,19 +53,13 @@ class OSSNetJob:
 
     input_volumes: list
     entry: ModelEntry
+    settings: OSSNetSettings
     images: list[np.ndarray]  # raw intensities on the first input's whole grid, in the model's input order
     crop: KJISlices | None  # the ROI's voxel box on that grid
     input_grid: VolumeGeometry  # the first input's grid, or its ROI box
-    model_grid: VolumeGeometry  # the grid the model reads: ``input_grid``, or an axis-aligned one
-    output_spacing: tuple[float, float, float]  # I, J, K mm on ``model_grid``'s axes
-    chunk_size: int
-    device: str
+    plan: OutputGridPlan  # the grid the model reads and the output grid
     output_segmentation: object | None
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def output_geometry(self) -> VolumeGeometry:
-        return self.model_grid.with_spacing(self.output_spacing)
 
 
 @dataclass
@@ -91,17 +86,6 @@ class OSSNetResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _is_axial(geometry: VolumeGeometry, tolerance: float = 1e-3) -> bool:
-    """True when the I, J, K axes are the R, A, S axes (each possibly flipped)."""
-    return bool(np.allclose(np.abs(geometry.direction), np.eye(3), atol=tolerance))
-
-
-def _ras_spacing(geometry: VolumeGeometry) -> tuple[float, float, float]:
-    """Spacing along R, A, S: that of the voxel axis closest to each patient axis."""
-    closest = np.argmax(np.abs(geometry.direction), axis=1)
-    return tuple(float(geometry.spacing[axis]) for axis in closest)
-
-
 def _overlap(a: VolumeGeometry, b: VolumeGeometry) -> float:
     """Fraction of ``a``'s bounding box (RAS) that ``b``'s covers."""
     (a_low, a_high), (b_low, b_high) = a.bounds_ras(), b.bounds_ras()
@@ -124,38 +108,46 @@ class OSSNetSegmentLogic(RegistryLogic):
 
         return load_model(path, device)[0]
 
-    def segment(self, inputVolumes, model: str | None = None, resolution: float | None = None,
-                outputSpacing: float | Sequence[float] | None = None, chunkSize: int = DEFAULT_CHUNK_SIZE,
-                device: str = "cpu", roi=None, outputSegmentation=None,
-                progressCallback: ProgressCallback | None = None,
-                cancelRequest: CancelRequest | None = None) -> OSSNetResult:
+    def segment(self, inputVolumes, settings: OSSNetSettings | None = None, roi=None, outputSegmentation=None,
+                progressCallback: ProgressCallback | None = None, cancelRequest: CancelRequest | None = None,
+                **options) -> OSSNetResult:
         """Segment and return the result; blocking, no dialogs.
 
-        ``inputVolumes``: the volume nodes the model takes, in the order its card lists (for the
-        brain-tumour model FLAIR, then contrast T1; skull-stripped). ``resolution`` is a factor
-        of the input's (2: twice as fine, 0.5: half), or ``outputSpacing`` gives it in mm (one
-        value or I, J, K); neither: the input's own grid. ``chunkSize`` bounds the points decoded
-        at once, and with it the memory, whatever the resolution. ``roi`` (a markups ROI)
-        restricts the segmentation to its box. ``outputSegmentation`` is overwritten if given.
-        ``cancelRequest.cancel()`` (from another thread) stops the run with ``CancelledError``.
+        Args:
+            inputVolumes: the volume nodes the model takes, in the order its card lists (for the
+                brain-tumour model FLAIR, then contrast T1; skull-stripped).
+            settings: how to segment (``OSSNetSettings``): the output resolution (a factor of
+                the input's) or spacing (mm), the points decoded at once (bounds the memory,
+                whatever the resolution), the model and the device.
+            roi: a markups ROI node: only its box is segmented.
+            outputSegmentation: a segmentation node to overwrite (default: a new one).
+            progressCallback: ``(fraction, message)``; raising in it stops the run.
+            cancelRequest: ``cancel()`` it from another thread to stop the run with ``CancelledError``.
+            options: any setting as a keyword, in camelCase or as the field name, applied over
+                ``settings``: ``model``, ``resolution``, ``outputSpacing``, ``chunkSize``, ``device``.
+
+        Raises:
+            InputVolumeError: an input is missing or cannot be segmented (the message says which).
+            ModelError: the model is unknown, missing or damaged.
+            TypeError / ValueError: an unknown option, an invalid value, or an output grid too large.
+            CancelledError: the run was cancelled; the scene is as it was.
         """
-        job = self.prepare(inputVolumes, model, resolution, outputSpacing, chunkSize, device, roi, outputSegmentation)
+        settings = settings_from_keywords(OSSNetSettings, settings, **options)
+        job = self.prepare(inputVolumes, settings, roi, outputSegmentation)
         computed = self.compute(job, scaled(progressCallback, 0.0, 0.9), cancelRequest)
         return self.finish(job, computed, scaled(progressCallback, 0.9, 1.0), cancelRequest)
 
-    def prepare(self, inputVolumes, model: str | None = None, resolution: float | None = None,
-                outputSpacing: float | Sequence[float] | None = None, chunkSize: int = DEFAULT_CHUNK_SIZE,
-                device: str = "cpu", roi=None, outputSegmentation=None) -> OSSNetJob:
+    def prepare(self, inputVolumes, settings: OSSNetSettings | None = None, roi=None,
+                outputSegmentation=None) -> OSSNetJob:
         """Check the inputs and copy what the computation needs out of the scene (main thread)."""
-        if chunkSize < 1:
-            raise ValueError("chunkSize must be at least 1")
-        entry = self.model_entry(model)
+        settings = settings if settings is not None else OSSNetSettings()
+        entry = self.model_entry(settings.model)
         volumes = [inputVolumes] if not isinstance(inputVolumes, (list, tuple)) else list(inputVolumes)
         self._check_count(volumes, entry)
         arrays = [array_from_volume(volume) for volume in volumes]  # checks each: 3D, scalar, finite
         reference_image, reference = arrays[0]
         images, notes = [reference_image], []
-        for volume, (image, geometry), name in zip(volumes[1:], arrays[1:], entry.inputs[1:]):
+        for volume, (image, geometry), name in zip(volumes[1:], arrays[1:], entry.inputs[1:], strict=True):
             if not geometry.matches(reference, atol=1e-4):
                 if _overlap(reference, geometry) < MIN_OVERLAP:
                     raise InputVolumeError(
@@ -171,14 +163,11 @@ class OSSNetSegmentLogic(RegistryLogic):
         crop = None
         if roi is not None:
             crop, reference = crop_to_roi(reference, roi)
-        grid = reference
-        if not _is_axial(reference):
-            grid = axis_aligned_grid(reference, _ras_spacing(reference))
+        plan = plan_output_grid(reference, len(entry.inputs), settings)
+        plan.check()
+        if plan.resampled:
             notes.append("The input is oblique or not axial; it was resampled onto an axis-aligned grid.")
-        spacing = output_spacing_for(grid.spacing, resolution, outputSpacing)
-        check_output_size(output_shape(grid.shape_kji, grid.spacing, spacing))
-        return OSSNetJob(volumes, entry, images, crop, reference, grid, spacing, int(chunkSize), device,
-                         outputSegmentation, notes)
+        return OSSNetJob(volumes, entry, settings, images, crop, reference, plan, outputSegmentation, notes)
 
     @staticmethod
     def _check_count(volumes: list, entry: ModelEntry) -> None:
@@ -202,20 +191,19 @@ class OSSNetSegmentLogic(RegistryLogic):
         cancel = cancelRequest or CancelRequest()
         cancel.raise_if_set()
         report(0.0, f"Loading model {job.entry.title}")
-        network = self.load(job.entry, job.device)
+        network = self.load(job.entry, job.settings.device)
         # Intensities are normalised over the whole scan, before cropping to the ROI: a box full of
         # tumour, normalised on its own, would look like normal tissue to the model.
         volume = normalize_images(job.images)
         if job.crop is not None:
             volume = volume[(slice(None), *job.crop)]
-        if job.model_grid != job.input_grid:
-            volume = [resample(channel, job.input_grid, job.model_grid, order=1, fill=BACKGROUND) for channel in volume]
-        result = segment(network, list(volume), job.model_grid.spacing, output_spacing=job.output_spacing,
-                         chunk_size=job.chunk_size, progress=scaled(report, 0.02, 1.0), cancel=lambda: cancel.is_set,
-                         normalized=True)
-        geometry = job.output_geometry
-        if result.shape != geometry.shape_kji:  # both round the box over the spacing the same way
-            raise RuntimeError(f"output grid mismatch: {result.shape} vs {geometry.shape_kji}")
+        model_grid = job.plan.model_grid
+        if job.plan.resampled:
+            volume = [resample(channel, job.input_grid, model_grid, order=1, fill=BACKGROUND) for channel in volume]
+        result = segment(network, list(volume), model_grid.spacing, output_spacing=job.plan.output.spacing,
+                         chunk_size=job.settings.chunk_size, progress=scaled(report, 0.02, 1.0),
+                         cancel=lambda: cancel.is_set, normalized=True)
+        geometry = job.plan.output
         return OSSNetComputed(result.labels, geometry, result.decoded_fraction, result.decoded_points,
                               time.perf_counter() - started)
 

@@ -148,7 +148,7 @@ class OSSNet(nn.Module):
         if not 1 <= c.coarse_block <= len(c.encoder_channels):
             raise ValueError("coarse_block must name one of the encoder blocks")
         channels = (c.in_channels, *c.encoder_channels)
-        self.blocks = nn.ModuleList(EncoderBlock(a, b, c.activation) for a, b in zip(channels[:-1], channels[1:]))
+        self.blocks = nn.ModuleList(EncoderBlock(a, b, c.activation) for a, b in zip(channels[:-1], channels[1:], strict=True))
         deeper = sum(c.encoder_channels[c.coarse_block - 1:])
         self.coarse_head = nn.Sequential(nn.Conv3d(deeper, 16, 3, padding=1), activation(c.activation),
                                          nn.Conv3d(16, 1, 1))
@@ -205,7 +205,7 @@ class OSSNet(nn.Module):
         coordinates = points / c.coordinate_scale
         h = self.decoder_in(torch.cat([coordinates, patch, encoding.global_latent.expand(points.shape[0], -1), z[0]],
                                       dim=1))
-        for block, latent in zip(self.decoder, z[1:]):
+        for block, latent in zip(self.decoder, z[1:], strict=False):
             h = block(h, latent)
         return self.decoder_out(self.act(h)).squeeze(1)
 

@@ -2,9 +2,8 @@
 
 The module widget (OSSNetSegment.py) stays a thin layer over these and over the shared
 ``EfficientSegmentationCommon.panel_state`` and ``segment_widget``: which volumes the model
-needs and which are missing, how the panel's parameters become arguments of
-``OSSNetSegmentLogic.prepare``, what the resolution slider's line says (grid and memory), and
-what is reported after a run.
+needs and which are missing, how the panel's parameters become the run's ``OSSNetSettings``,
+what the resolution slider's line says (grid and memory), and what is reported after a run.
 """
 
 from __future__ import annotations
@@ -15,8 +14,10 @@ from EfficientSegmentationCommon.errors import InputVolumeError
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import crop_to_roi
 from EfficientSegmentationCommon.panel_state import RunSummary
+from EfficientSegmentationCommon.settings import settings_from_parameters
 
-from .resolution import grid_summary
+from .resolution import plan_output_grid
+from .settings import OSSNetSettings
 
 # The panel has one selector per model input, in the model card's order.
 INPUT_FIELDS = ("firstInput", "secondInput")
@@ -32,35 +33,29 @@ def input_volumes(parameters, count: int) -> list:
 def inputs_problem(volumes: Sequence, names: Sequence[str], volume_problem: Callable[[object], str]) -> str:
     """Why the inputs cannot be segmented ("" when they can): a missing input named by its
     modality, the same volume selected twice, or the first problem of a volume."""
-    for volume, name in zip(volumes, names):
+    for volume, name in zip(volumes, names, strict=True):
         if volume is None:
             return f"Select the {name} volume."
     ids = [volume.GetID() for volume in volumes]
     if len(set(ids)) < len(ids):
         return f"Select a different volume for each input ({', '.join(names)})."
-    for volume, name in zip(volumes, names):
+    for volume, name in zip(volumes, names, strict=True):
         problem = volume_problem(volume)
         if problem:
             return f"{name}: {problem}"
     return ""
 
 
-def segment_arguments(parameters) -> dict:
-    """Keyword arguments of ``OSSNetSegmentLogic.prepare`` (after the input volumes) from the
-    panel's parameter node. The sliders hold floats (ctkSliderWidget binds to float)."""
-    return {
-        "model": parameters.model or None,
-        "resolution": float(parameters.resolution),
-        "chunkSize": int(round(parameters.chunkSize)),
-        "device": parameters.device or "cpu",
-        "roi": parameters.inputROI,
-        "outputSegmentation": parameters.outputSegmentation,
-    }
+def panel_settings(parameters) -> OSSNetSettings:
+    """The run's ``OSSNetSettings`` from the panel's parameter node (any object with the
+    settings' camelCase names as attributes)."""
+    return settings_from_parameters(OSSNetSettings, parameters)
 
 
-def resolution_text(reference_volume, roi, channels: int, resolution: float, chunk_size: float) -> str:
-    """The line under the resolution slider: output grid, spacing, voxels and memory, for the first
-    input (its ROI box when an ROI is selected). "" when there is no usable volume yet."""
+def resolution_text(reference_volume, roi, channels: int, settings: OSSNetSettings) -> str:
+    """The line under the resolution slider: output grid, spacing, voxels and memory, planned
+    as the run will plan it (``plan_output_grid``) for the first input (its ROI box when an ROI
+    is selected). "" when there is no usable volume yet."""
     if reference_volume is None or reference_volume.GetImageData() is None:
         return ""
     try:
@@ -69,7 +64,7 @@ def resolution_text(reference_volume, roi, channels: int, resolution: float, chu
             geometry = crop_to_roi(geometry, roi)[1]
     except InputVolumeError as error:
         return str(error)
-    return "Output: " + grid_summary(geometry.shape_kji, geometry.spacing, channels, resolution, int(round(chunk_size)))
+    return "Output: " + plan_output_grid(geometry, channels, settings).summary()
 
 
 def run_summary(result) -> RunSummary:

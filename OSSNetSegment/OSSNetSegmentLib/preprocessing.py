@@ -86,13 +86,13 @@ def resample_centred(volume: torch.Tensor, spacing: Sequence[float], target_spac
 
     The new size is the box extent over the target spacing, rounded; the returned spacing is
     the exact one (extent / size), so the box is kept exactly."""
-    extent = [n * s for n, s in zip(volume.shape[1:], spacing)]
+    extent = [n * s for n, s in zip(volume.shape[1:], spacing, strict=True)]
     size = [max(1, int(round(e / target_spacing))) for e in extent]
     if list(volume.shape[1:]) == size:
         return volume, tuple(float(s) for s in spacing)
     smoothed = smooth(volume, spacing, target_spacing)
     out = F.interpolate(smoothed[None], size=size, mode="trilinear", align_corners=False)[0]
-    return out, tuple(e / n for e, n in zip(extent, size))
+    return out, tuple(e / n for e, n in zip(extent, size, strict=True))
 
 
 def normalized_grid(positions: torch.Tensor, extent: Sequence[float]) -> torch.Tensor:
@@ -162,12 +162,12 @@ class VolumeSampler:
             raise ValueError(f"expected a (channels, K, J, I) volume, got shape {tuple(volume.shape)}")
         self.spacing = tuple(float(s) for s in spacing)
         self.shape = tuple(volume.shape[1:])
-        self.extent = tuple(n * s for n, s in zip(self.shape, self.spacing))
+        self.extent = tuple(n * s for n, s in zip(self.shape, self.spacing, strict=True))
         self.channels = volume.shape[0]
         shifted = volume - BACKGROUND
         self.coarse = resample_centred(shifted, self.spacing, encoder_spacing)[0].contiguous()
         self.fine = F.pad(smooth(shifted, self.spacing, patch_spacing), (1, 1, 1, 1, 1, 1)).contiguous()
-        self.fine_extent = tuple((n + 2) * s for n, s in zip(self.shape, self.spacing))
+        self.fine_extent = tuple((n + 2) * s for n, s in zip(self.shape, self.spacing, strict=True))
         self._offsets: dict[tuple[int, float], torch.Tensor] = {}
 
     def _read(self, volume: torch.Tensor, extent: Sequence[float], positions: torch.Tensor,

@@ -1,7 +1,8 @@
-"""The output grid a user asks for, and the memory it will take; plain Python, no torch.
+"""The output grid a user asks for, and the memory it will take; no torch.
 
-The panel shows the grid size and the memory before a run, while the user drags the
-resolution slider, so this must be cheap and must not import torch. The memory model has two
+One function, :func:`plan_output_grid`, decides a run's grids (the model's and the output's)
+for the logic and for the panel, which shows the grid size and the memory before a run while
+the user drags the resolution slider; so this must be cheap and must not import torch. The memory model has two
 phases, and the run's peak is the larger: preparing the inputs (loading, normalising, building
 the sampler the encoder and the patches read from), then decoding (the finest level holds a
 label and a few masks per output voxel, and one chunk of points holds its 7x7x7 patches and
@@ -15,8 +16,16 @@ itself needs its own memory on top.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from EfficientSegmentationCommon.geometry import VolumeGeometry
+from EfficientSegmentationCommon.grids import axis_aligned_grid
+
+if TYPE_CHECKING:
+    from .settings import OSSNetSettings
 
 # Points decoded per network call: about 180 MB of working memory (patches, decoder), and
 # large enough that the per-call overhead does not matter.
@@ -32,41 +41,89 @@ BYTES_PER_OUTPUT_VOXEL = 8.9  # labels, masks and indices of the finest level, t
 BYTES_PER_CHUNK_POINT = 21.6e3  # patches (off-grid: 8x8x8 gathered and interpolated) and decoder activations
 
 
-def output_spacing_for(spacing: Sequence[float], resolution: float | None = None,
-                       output_spacing: float | Sequence[float] | None = None) -> tuple[float, float, float]:
-    """Output spacing (I, J, K mm) for an input of ``spacing``: ``resolution`` x finer (2: half
-    the spacing, 0.5: twice it), or ``output_spacing`` in mm (one value or three), or the
-    input's own spacing when neither is given."""
-    if resolution is not None and output_spacing is not None:
-        raise ValueError("give resolution or outputSpacing, not both")
-    spacing = np.asarray(spacing, dtype=np.float64)
-    if resolution is not None:
-        if not np.isfinite(resolution) or resolution <= 0:
-            raise ValueError(f"resolution must be a positive factor, got {resolution}")
-        new = spacing / float(resolution)
-    elif output_spacing is not None:
-        new = np.broadcast_to(np.asarray(output_spacing, dtype=np.float64), (3,)).copy()
-        if np.any(new <= 0) or not np.all(np.isfinite(new)):
-            raise ValueError(f"output spacing must be positive, got {new.tolist()}")
+@dataclass(frozen=True)
+class OutputGridPlan:
+    """Where a run will work and what it will cost, known before it starts.
+
+    ``model_grid`` is the grid the network reads (the input's, or an axis-aligned one for an
+    oblique input); ``output`` is the segmentation's grid: ``model_grid``'s box at the chosen
+    spacing. ``memory_bytes`` is the expected peak resident memory (see the module docstring).
+    """
+
+    model_grid: VolumeGeometry
+    output: VolumeGeometry
+    channels: int
+    chunk_size: int
+    resampled: bool  # the input is oblique or not axial: it is resampled onto ``model_grid``
+
+    @property
+    def voxels(self) -> int:
+        """Output voxels."""
+        return int(np.prod(self.output.shape_kji, dtype=np.int64))
+
+    @property
+    def memory_bytes(self) -> float:
+        return memory_estimate(self.model_grid.shape_kji, self.channels, self.output.shape_kji, self.chunk_size)
+
+    @property
+    def too_large(self) -> bool:
+        return self.voxels > MAX_OUTPUT_VOXELS
+
+    def check(self) -> None:
+        """Raise ValueError when the output grid is too large to hold (the message says what to do)."""
+        if self.too_large:
+            raise ValueError(f"The output grid would have {self.voxels / 1e6:,.0f} million voxels "
+                             f"({' x '.join(str(n) for n in self.output.shape_ijk)}); choose a coarser resolution "
+                             "or an ROI.")
+
+    def summary(self) -> str:
+        """What the panel shows under the resolution slider, e.g. '480 x 480 x 310 voxels of
+        0.5 x 0.5 x 0.5 mm (71.4 million); about 1.6 GB of memory'."""
+        voxels = float(self.voxels)
+        count = f"{voxels / 1e6:.1f} million" if voxels >= 1e6 else f"{voxels / 1e3:.0f} thousand"
+        text = (f"{' x '.join(str(n) for n in self.output.shape_ijk)} voxels of "
+                f"{' x '.join(f'{s:.3g}' for s in self.output.spacing)} mm ({count}); "
+                f"about {format_bytes(self.memory_bytes)} of memory")
+        if self.resampled:
+            text += " (the input is oblique: it is resampled onto an axis-aligned grid first)"
+        if self.too_large:
+            text += " - too large: choose a coarser resolution or an ROI"
+        return text
+
+
+def is_axial(geometry: VolumeGeometry, tolerance: float = 1e-3) -> bool:
+    """True when the I, J, K axes are the R, A, S axes (each possibly flipped)."""
+    return bool(np.allclose(np.abs(geometry.direction), np.eye(3), atol=tolerance))
+
+
+def ras_spacing(geometry: VolumeGeometry) -> tuple[float, float, float]:
+    """Spacing along R, A, S: that of the voxel axis closest to each patient axis."""
+    closest = np.argmax(np.abs(geometry.direction), axis=1)
+    return tuple(float(geometry.spacing[axis]) for axis in closest)
+
+
+def plan_output_grid(input_grid: VolumeGeometry, channels: int, settings: OSSNetSettings) -> OutputGridPlan:
+    """The one place that decides a run's grids: the model's and the output's, with its memory.
+
+    The model reads arrays in their axis order, as it was trained on axial scans: an input
+    whose axes are the patient axes (any flips) is read as it is; an oblique or non-axial one
+    is resampled onto an axis-aligned grid of its RAS spacing first. The output grid covers the
+    model grid's box at ``settings.output_spacing`` (mm) when given, else at the model grid's
+    spacing divided by ``settings.resolution`` (2: twice as fine); its size is the box over the
+    new spacing, rounded (``VolumeGeometry.with_spacing``).
+
+    Args:
+        input_grid: the first input's grid, or its ROI box.
+        channels: the model's input volumes (memory scales with them).
+        settings: the run's ``OSSNetSettings`` (resolution or output spacing, chunk size).
+    """
+    resampled = not is_axial(input_grid)
+    model_grid = axis_aligned_grid(input_grid, ras_spacing(input_grid)) if resampled else input_grid
+    if settings.output_spacing is not None:
+        spacing = np.broadcast_to(np.asarray(settings.output_spacing, dtype=np.float64), (3,))
     else:
-        new = spacing.copy()
-    return tuple(float(s) for s in new)
-
-
-def output_shape(shape_kji: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int, int, int]:
-    """The output grid's shape (KJI): the input box over the new spacing, rounded, as
-    ``VolumeGeometry.with_spacing`` and the inference build it."""
-    size_ijk = np.maximum(1, np.round(np.asarray(shape_kji[::-1], dtype=np.float64) * np.asarray(spacing)
-                                      / np.asarray(new_spacing))).astype(int)
-    return tuple(int(n) for n in size_ijk[::-1])
-
-
-def check_output_size(shape_kji: Sequence[int]) -> None:
-    """Raise ValueError when the output grid is too large to hold (the message says what to do)."""
-    voxels = int(np.prod(shape_kji, dtype=np.int64))
-    if voxels > MAX_OUTPUT_VOXELS:
-        raise ValueError(f"The output grid would have {voxels / 1e6:,.0f} million voxels "
-                         f"({' x '.join(str(n) for n in shape_kji[::-1])}); choose a coarser resolution or an ROI.")
+        spacing = np.asarray(model_grid.spacing) / float(settings.resolution)
+    return OutputGridPlan(model_grid, model_grid.with_spacing(spacing), channels, settings.chunk_size, resampled)
 
 
 def memory_estimate(input_shape_kji: Sequence[int], channels: int, output_shape_kji: Sequence[int],
@@ -85,18 +142,3 @@ def format_bytes(count: float) -> str:
     if count >= 1e9:
         return f"{count / 1e9:.1f} GB"
     return f"{count / 1e6:.0f} MB"
-
-
-def grid_summary(input_shape_kji: Sequence[int], spacing: Sequence[float], channels: int, resolution: float,
-                 chunk_size: int) -> str:
-    """What the panel shows under the resolution slider: the output grid, its spacing and the
-    memory the run will need, e.g. '480 x 480 x 310 voxels of 0.5 x 0.5 x 0.5 mm (71 million); about 1.6 GB'."""
-    new_spacing = output_spacing_for(spacing, resolution)
-    shape = output_shape(input_shape_kji, spacing, new_spacing)
-    voxels = float(np.prod(shape, dtype=np.float64))
-    count = f"{voxels / 1e6:.1f} million" if voxels >= 1e6 else f"{voxels / 1e3:.0f} thousand"
-    text = (f"{' x '.join(str(n) for n in shape[::-1])} voxels of {' x '.join(f'{s:.3g}' for s in new_spacing)} mm "
-            f"({count}); about {format_bytes(memory_estimate(input_shape_kji, channels, shape, chunk_size))} of memory")
-    if voxels > MAX_OUTPUT_VOXELS:
-        text += " - too large: choose a coarser resolution or an ROI"
-    return text

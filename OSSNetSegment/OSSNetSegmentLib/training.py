@@ -91,7 +91,7 @@ class TrainingVolume:
         self.head = np.flatnonzero(normalized[0] > BACKGROUND + 1e-3).astype(np.int64)  # brighter than background
         del normalized
         self.foreground = np.flatnonzero(target).astype(np.int64)
-        self.axes = [torch.as_tensor(centred_positions(n, s), dtype=torch.float64) for n, s in zip(self.shape, self.spacing)]
+        self.axes = [torch.as_tensor(centred_positions(n, s), dtype=torch.float64) for n, s in zip(self.shape, self.spacing, strict=True)]
 
     def positions(self, flat: np.ndarray) -> torch.Tensor:
         """Image-space positions (P, 3) of flat voxel indices."""

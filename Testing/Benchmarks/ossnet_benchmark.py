@@ -114,7 +114,7 @@ def worker(spec: dict) -> dict:
                                                        "threads", "seed") if metadata.get(k) is not None}
         result["before_inference_rss_mib"] = current_mib()
         started, cpu_started = time.perf_counter(), time.process_time()
-        output = segment(model, case.images, case.spacing, spacing_factor=spec["factor"], chunk_size=spec["chunk_size"])
+        output = segment(model, case.images, case.spacing, output_spacing=tuple(s * spec["factor"] for s in case.spacing), chunk_size=spec["chunk_size"])
         result.update(seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
                       peak_mib=peak_mib())
         result.update(output_shape=list(output.shape), output_spacing=list(output.spacing),

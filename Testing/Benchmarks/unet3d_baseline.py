@@ -111,7 +111,7 @@ class PatchSampler:
         shape = target.shape
         if len(foreground) and rng.random() < self.tumour_fraction:
             centre = np.unravel_index(foreground[int(rng.integers(len(foreground)))], shape)
-            start = [int(np.clip(c - p // 2, 0, n - p)) for c, n in zip(centre, shape)]
+            start = [int(np.clip(c - p // 2, 0, n - p)) for c, n in zip(centre, shape, strict=True)]
         else:
             start = [int(rng.integers(n - p + 1)) for n in shape]
         box = tuple(slice(s, s + p) for s in start)
@@ -131,7 +131,7 @@ def augment(images: torch.Tensor, targets: torch.Tensor, settings: TrainingSetti
     s = settings
     noise_source = SimpleNamespace(generator=generator)  # all Trainer.augment_intensity uses of its trainer
     out_images, out_targets = [], []
-    for image, target in zip(images, targets):
+    for image, target in zip(images, targets, strict=True):
         axes = [1 + axis for axis in range(3) if rng.random() < 0.5]
         if axes:
             image, target = image.flip(axes), target.flip(axes)

@@ -7,7 +7,6 @@ import ast
 import json
 import re
 import struct
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
@@ -43,24 +42,6 @@ def resource_files(module_folder: Path) -> set[str]:
         for path in (module_folder / "Resources").rglob("*")
         if path.is_file() and "__pycache__" not in path.parts
     }
-
-
-@pytest.mark.parametrize("module", MODULES)
-def test_ui_parses_and_binds_to_parameter_node_fields(module):
-    root = ElementTree.parse(REPO_ROOT / module / "Resources" / "UI" / f"{module}.ui").getroot()
-    assert root.tag == "ui"
-    assert root.find("widget").get("class") == "qMRMLWidget"
-    bound = {
-        prop.find("string").text
-        for prop in root.iter("property")
-        if prop.get("name") == "SlicerParameterName"
-    }
-    source = ast.parse((REPO_ROOT / module / f"{module}.py").read_text())
-    parameter_class = next(
-        node for node in source.body if isinstance(node, ast.ClassDef) and node.name == f"{module}ParameterNode"
-    )
-    fields = {node.target.id for node in parameter_class.body if isinstance(node, ast.AnnAssign)}
-    assert bound and bound <= fields
 
 
 def module_level_imports(path: Path, package: str | None) -> set[str]:

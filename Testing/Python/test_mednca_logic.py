@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, hippocampus_paths, load_case
-from EfficientSegmentationCommon.errors import CancelledError, InputVolumeError
+from EfficientSegmentationCommon.errors import CancelledError, InputVolumeError, ModelError
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.metrics import dice
 from EfficientSegmentationCommon.progress import CancelRequest
@@ -16,6 +16,7 @@ from EfficientSegmentationCommon.resampling import resample, resample_labels
 from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels, write_scalar_volume
 from MedNCASegmentLib import cli
 from MedNCASegmentLib.logic import QUALITY_ATTRIBUTE, MedNCASegmentLogic
+from MedNCASegmentLib.settings import MedNCASettings
 
 MODELS = REPO_ROOT / "MedNCASegment" / "Resources" / "Models"
 CARD = json.loads((MODELS / "mednca2d_hippocampus.json").read_text())
@@ -81,8 +82,8 @@ def test_roi_crops_the_input_and_places_the_result_back(scene, logic) -> None:
     """A hippocampus crop embedded in a larger, empty field of view, segmented through an ROI."""
     case = load_case(scene, VALIDATION_CASE)
     margin = (6, 10, 8)  # K, J, I voxels on each side
-    big = np.zeros(tuple(n + 2 * m for n, m in zip(case.image.shape, margin)), np.float32)
-    inner = tuple(slice(m, m + n) for m, n in zip(margin, case.image.shape))
+    big = np.zeros(tuple(n + 2 * m for n, m in zip(case.image.shape, margin, strict=True)), np.float32)
+    inner = tuple(slice(m, m + n) for m, n in zip(margin, case.image.shape, strict=True))
     big[inner] = case.image
     matrix = case.geometry.ijk_to_ras.copy()
     matrix[:3, 3] = case.geometry.voxel_to_ras(-np.array(margin[::-1], float))
@@ -133,7 +134,7 @@ def test_cancel_while_writing_restores_the_overwritten_output(scene, logic) -> N
     existing = logic.segment(case.volume, runs=1)
     names_before = node_names(scene)
     cancel = CancelRequest()
-    job = logic.prepare(case.volume, runs=1, outputSegmentation=existing.segmentation, uncertaintyVolume=True)
+    job = logic.prepare(case.volume, MedNCASettings(runs=1, uncertainty_volume=True), outputSegmentation=existing.segmentation)
     computed = logic.compute(job)
     computed.labels[:] = 0  # an empty result, to see that the old one comes back
     cancel.cancel()
@@ -159,9 +160,9 @@ def test_bad_inputs_give_clear_errors(scene, logic) -> None:
     case = load_case(scene, VALIDATION_CASE)
     with pytest.raises(InputVolumeError, match="No input volume"):
         logic.segment(None)
-    with pytest.raises(InputVolumeError, match="Unknown model 'nope'"):
+    with pytest.raises(ModelError, match="Unknown model 'nope'"):
         logic.segment(case.volume, model="nope")
-    with pytest.raises(InputVolumeError, match="does not exist"):
+    with pytest.raises(ModelError, match="does not exist"):
         logic.segment(case.volume, model="/nowhere/model.pt")
     flat = write_scalar_volume(scene, case.image[:1], VolumeGeometry(case.geometry.ijk_to_ras, (1, *case.image.shape[1:])),
                                "one slice")

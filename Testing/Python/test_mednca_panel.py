@@ -10,11 +10,13 @@ import sys
 import threading
 import types
 
+import numpy as np
 import pytest
 import slicer
 
 from EfficientSegmentationCommon import torch_setup
 from EfficientSegmentationCommon.background import BackgroundJob, JobState, JobStatus
+from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.panel_state import (
     CANCEL,
     ERROR_STYLE,
@@ -29,7 +31,8 @@ from EfficientSegmentationCommon.panel_state import (
 )
 from EfficientSegmentationCommon.registry import ModelEntry, ModelRegistry
 from MedNCASegmentLib.logic import MedNCAResult
-from MedNCASegmentLib.panel import run_summary, segment_arguments, trained_settings
+from MedNCASegmentLib.panel import panel_settings, run_summary, trained_settings
+from MedNCASegmentLib.settings import MedNCASettings
 
 class FakeClock:
     def __init__(self) -> None:
@@ -213,37 +216,49 @@ def test_device_choices():
 
 def panel_parameters(**changes):
     values = dict(inputVolume=None, inputROI=None, model="mednca2d-hippocampus", outputSegmentation=None,
-                  createUncertaintyVolume=False, useTrainedSettings=True, globalSteps=24.0, refinementSteps=16.0,
-                  downscale=4.0, runs=10.0, device="cpu", seed=0, keepLargestComponent=True)
+                  uncertaintyVolume=False, useTrainedSettings=True, globalSteps=24.0, refinementSteps=16.0,
+                  downscale=4.0, runs=10.0, device="cpu", seed=0.0, keepLargestComponent=True)
     values.update(changes)
     return types.SimpleNamespace(**values)
 
 
-def test_segment_arguments_leave_stage_settings_to_the_model_by_default():
-    arguments = segment_arguments(panel_parameters())
-    assert arguments == {"model": "mednca2d-hippocampus", "globalSteps": None, "refinementSteps": None,
-                         "downscale": None, "runs": 10, "device": "cpu", "roi": None, "outputSegmentation": None,
-                         "uncertaintyVolume": False, "seed": 0, "keepLargestComponent": True}
+def test_panel_settings_leave_stage_settings_to_the_model_by_default():
+    assert panel_settings(panel_parameters()) == MedNCASettings(model="mednca2d-hippocampus")
 
 
-def test_segment_arguments_turn_slider_floats_into_integers():
-    roi, output = object(), object()
-    arguments = segment_arguments(panel_parameters(
+def test_panel_settings_turn_slider_floats_into_integers():
+    settings = panel_settings(panel_parameters(
         useTrainedSettings=False, globalSteps=11.6, refinementSteps=3.0, downscale=2.0, runs=1.0, model="",
-        device="", inputROI=roi, outputSegmentation=output, createUncertaintyVolume=True, seed=7,
-        keepLargestComponent=False))
-    assert arguments == {"model": None, "globalSteps": 12, "refinementSteps": 3, "downscale": 2, "runs": 1,
-                         "device": "cpu", "roi": roi, "outputSegmentation": output, "uncertaintyVolume": True,
-                         "seed": 7, "keepLargestComponent": False}
-    assert all(type(arguments[k]) is int for k in ("globalSteps", "refinementSteps", "downscale", "runs", "seed"))
+        device="", uncertaintyVolume=True, seed=7.0, keepLargestComponent=False))
+    assert settings == MedNCASettings(model=None, global_steps=12, refinement_steps=3, downscale=2, runs=1,
+                                      device="cpu", uncertainty_volume=True, seed=7, keep_largest_component=False)
+    assert all(type(getattr(settings, k)) is int for k in ("global_steps", "refinement_steps", "downscale", "runs"))
 
 
-def test_segment_arguments_are_the_logics_keywords():
-    from MedNCASegmentLib.logic import MedNCASegmentLogic
+def test_every_setting_has_a_panel_parameter_and_a_cli_flag_or_says_why_not():
+    """The parameter node, the CLI and the console keywords are all made from MedNCASettings."""
+    from EfficientSegmentationCommon.settings import parameter_fields
+    from MedNCASegmentLib.cli import parse_args
 
-    code = MedNCASegmentLogic.prepare.__code__
-    keywords = set(code.co_varnames[2:code.co_argcount])  # after self, inputVolume
-    assert set(segment_arguments(panel_parameters())) == keywords
+    names = {name for name, *_ in parameter_fields(MedNCASettings)}
+    assert names == set(vars(panel_parameters())) - {"inputVolume", "inputROI", "outputSegmentation",
+                                                     "useTrainedSettings"}
+    arguments = parse_args(["x.nii.gz", "-o", "out", "--runs", "3", "--global-steps", "5",
+                            "--no-keep-largest-component"])
+    assert (arguments.runs, arguments.global_steps, arguments.keep_largest_component) == (3, 5, False)
+
+
+@pytest.mark.parametrize(("options", "message"), [({"runs": 0}, "runs must be between 1 and 50"),
+                                                   ({"globalSteps": -1}, "globalSteps must be between"),
+                                                   ({"downscale": 2.5}, "downscale must be a whole number"),
+                                                   ({"keepLargestComponent": "yes"}, "True or False")])
+def test_settings_are_validated_in_one_place(options, message):
+    from EfficientSegmentationCommon.settings import settings_from_keywords
+
+    with pytest.raises(ValueError, match=message):
+        settings_from_keywords(MedNCASettings, **options)
+    with pytest.raises(TypeError, match="unknown option 'runz'"):
+        settings_from_keywords(MedNCASettings, runz=3)
 
 
 def test_trained_settings_fill_the_sliders():
@@ -258,7 +273,7 @@ def test_model_items_from_the_real_registry(tmp_path):
     entries = [entry for entry in registry.entries if entry.method == "mednca"]
     items = model_items(entries)
     assert [item.model_id for item in items] == [entry.id for entry in entries] and items
-    for item, entry in zip(items, entries):
+    for item, entry in zip(items, entries, strict=True):
         assert item.available == entry.path.exists()
         assert item.text.startswith(entry.title) and entry.description in item.tooltip
     missing = ModelEntry(id="x", title="Missing model", method="mednca", task="t", inputs=("T1",), segments=(),
@@ -271,7 +286,8 @@ def test_model_items_from_the_real_registry(tmp_path):
 def result(quality, threshold, warnings=()):
     node = slicer.vtkMRMLSegmentationNode()
     node.SetName("hippocampus_001 Med-NCA")
-    return MedNCAResult(node, quality, None, 12.0, list(warnings), quality_warning_threshold=threshold)
+    return MedNCAResult(node, np.zeros((2, 2, 2), np.uint8), VolumeGeometry.compose((2, 2, 2), (1.0, 1.0, 1.0)), quality,
+                        None, 12.0, list(warnings), quality_warning_threshold=threshold)
 
 
 def test_run_summary_of_a_good_result():

@@ -49,6 +49,7 @@ class Panel:
     whole_number_sliders: list[str]
     advanced: set[str]  # widgets inside the collapsed Advanced section
     slider_words: dict[str, tuple[str, ...]] = field(default_factory=dict)  # words a slider's tooltip must use
+    settings: str = ""  # "<package>.settings:<class>": the settings class the parameter node inherits fields from
 
     @property
     def file(self) -> Path:
@@ -75,7 +76,8 @@ PANELS = [
           sliders=["globalStepsSlider", "refinementStepsSlider", "downscaleSlider", "runsSlider"],
           whole_number_sliders=["globalStepsSlider", "refinementStepsSlider", "downscaleSlider", "runsSlider"],
           advanced={"deviceComboBox", "seedSpinBox"},
-          slider_words={"runsSlider": ("mean", "quality score", "proportion")}),
+          slider_words={"runsSlider": ("mean", "quality score", "proportion")},
+          settings="MedNCASegmentLib.settings:MedNCASettings"),
     Panel("OSSNetSegment",
           widgets={"firstInputLabel": "QLabel", "firstInputSelector": "qMRMLNodeComboBox",
                    "secondInputLabel": "QLabel", "secondInputSelector": "qMRMLNodeComboBox",
@@ -88,7 +90,8 @@ PANELS = [
           sliders=["resolutionSlider", "chunkSizeSlider"],
           whole_number_sliders=["chunkSizeSlider"],
           advanced={"deviceComboBox", "chunkSizeSlider"},
-          slider_words={"resolutionSlider": ("finer", "memory", "time"), "chunkSizeSlider": ("memory", "same")}),
+          slider_words={"resolutionSlider": ("finer", "memory", "time"), "chunkSizeSlider": ("memory", "same")},
+          settings="OSSNetSegmentLib.settings:OSSNetSettings"),
 ]
 pytestmark = pytest.mark.parametrize("panel", PANELS, ids=lambda p: p.module)
 
@@ -127,11 +130,60 @@ def module_class(panel: Panel, name: str) -> ast.ClassDef:
     return next(node for node in module_tree(panel.file).body if isinstance(node, ast.ClassDef) and node.name == name)
 
 
-def parameter_fields(panel: Panel) -> dict[str, tuple[ast.expr, ast.expr | None]]:
-    """Fields of the parameterNodeWrapper class: name -> (annotation, default)."""
+@dataclass(frozen=True)
+class ParameterField:
+    """A parameter node field as the parameterNodeWrapper sees it."""
+
+    kind: str  # "float", "int", "bool", "str" or a node class name
+    default: object
+    bounds: tuple[float, float] | None  # WithinRange, if annotated with it
+
+
+def settings_class(panel: Panel) -> type:
+    import importlib
+
+    module, name = panel.settings.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def parameter_fields(panel: Panel) -> dict[str, ParameterField]:
+    """Fields of the parameterNodeWrapper class: its own (read from the source) and those it
+    inherits from ``settingsParameters(<settings class>)`` (segment_widget.py), which makes one
+    per panel option of the settings class, ``Annotated[float, WithinRange(low, high)]`` where
+    the option has a range."""
+    from EfficientSegmentationCommon.settings import parameter_fields as settings_parameter_fields
+
     cls = module_class(panel, f"{panel.module}ParameterNode")
     assert any(ast.unparse(d) == "parameterNodeWrapper" for d in cls.decorator_list)
-    return {node.target.id: (node.annotation, node.value) for node in cls.body if isinstance(node, ast.AnnAssign)}
+    fields = {}
+    bases = [ast.unparse(b) for b in cls.bases]
+    if bases:
+        assert bases == [f"settingsParameters({settings_class(panel).__name__})"], bases
+        for name, kind, default, (low, high) in settings_parameter_fields(settings_class(panel)):
+            bounded = kind is float and low is not None and high is not None
+            fields[name] = ParameterField(kind.__name__, default, (low, high) if bounded else None)
+    for node in cls.body:
+        if not isinstance(node, ast.AnnAssign):
+            continue
+        annotation, bounds = node.annotation, None
+        if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated":
+            base, *extras = annotation.slice.elts
+            within = next(e for e in extras if isinstance(e, ast.Call) and ast.unparse(e.func) == "WithinRange")
+            bounds = tuple(ast.literal_eval(arg) for arg in within.args)
+            annotation = base
+        default = ast.literal_eval(node.value) if node.value is not None else None
+        fields[node.target.id] = ParameterField(ast.unparse(annotation), default, bounds)
+    return fields
+
+
+def settings_bounds(panel: Panel, field_name: str) -> tuple[float, float]:
+    """The range of a settings option, by its parameter (camelCase) name."""
+    import dataclasses
+
+    from EfficientSegmentationCommon.settings import camel_case
+
+    option = next(f for f in dataclasses.fields(settings_class(panel)) if camel_case(f.name) == field_name)
+    return option.metadata["range"]
 
 
 def ui_attributes_used(path: Path) -> set[str]:
@@ -201,28 +253,28 @@ def test_bound_widgets_match_parameter_node_fields_of_a_bindable_type(panel):
     assert len(set(bound.values())) == len(bound), "two widgets bound to one field"
     for widget_name, field_name in bound.items():
         assert field_name in fields, f"{widget_name} is bound to '{field_name}', which the parameter node does not have"
-        annotation, default = fields[field_name]
-        text = ast.unparse(annotation)
+        parameter = fields[field_name]
         widget = widgets[widget_name]
         kind = widget.get("class")
         if kind == "qMRMLNodeComboBox":
-            assert own_property(widget, "nodeTypes") == [text], widget_name
-            assert default is None, "node fields default to None"
+            assert own_property(widget, "nodeTypes") == [parameter.kind], widget_name
+            assert parameter.default is None, "node fields default to None"
         elif kind == "ctkSliderWidget":
-            assert isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated", text
-            base, *extras = annotation.slice.elts
-            assert ast.unparse(base) == "float", f"{field_name}: ctkSliderWidget binds only float fields"
-            within = next(e for e in extras if isinstance(e, ast.Call) and ast.unparse(e.func) == "WithinRange")
-            low, high = (ast.literal_eval(arg) for arg in within.args)
+            assert parameter.kind == "float", f"{field_name}: ctkSliderWidget binds only float fields"
+            assert parameter.bounds is not None, f"{field_name}: a slider's field needs WithinRange"
+            low, high = parameter.bounds
             assert (own_property(widget, "minimum"), own_property(widget, "maximum")) == (low, high), field_name
-            assert low <= ast.literal_eval(default) <= high, field_name
-            assert own_property(widget, "value") == ast.literal_eval(default), field_name
+            assert low <= parameter.default <= high, field_name
+            assert own_property(widget, "value") == parameter.default, field_name
             if widget_name in panel.whole_number_sliders:
                 assert own_property(widget, "decimals") == 0, f"{widget_name} holds whole numbers"
         elif kind == "QCheckBox":
-            assert text == "bool", field_name
+            assert parameter.kind == "bool", field_name
         elif kind == "QSpinBox":
-            assert text == "int" or text.startswith("Annotated[int"), field_name
+            assert parameter.kind == "int", field_name
+            if parameter.bounds is None and field_name in ("seed",):
+                low, high = settings_bounds(panel, field_name)
+                assert (own_property(widget, "minimum") or 0, own_property(widget, "maximum")) == (low, high), field_name
         else:
             pytest.fail(f"{widget_name}: no parameterNodeWrapper connector for {kind}")
     unbound = set(fields) - set(bound.values())
@@ -274,26 +326,40 @@ def test_module_follows_the_scripted_module_template(panel):
     classes = {node.name: node for node in module_tree(panel.file).body if isinstance(node, ast.ClassDef)}
     bases = {name: [ast.unparse(b) for b in node.bases] for name, node in classes.items()}
     assert bases[module] == ["ScriptedLoadableModule"]
-    assert bases[f"{module}Widget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin", "SegmentWidgetMixin"]
-    assert bases[f"{module}Logic"] == ["ScriptedLoadableModuleLogic", "LibraryLogicMixin"]
+    assert bases[f"{module}Widget"] == ["SegmentWidgetMixin", "ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert bases[f"{module}Logic"] == ["LibraryLogicMixin", "ScriptedLoadableModuleLogic"]
     assert bases[f"{module}Test"] == ["ScriptedLoadableModuleTest"]
     methods = {name: {f.name for f in node.body if isinstance(f, ast.FunctionDef)} for name, node in classes.items()}
-    assert {"setup", "cleanup", "enter", "exit", "onSceneStartClose", "onSceneEndClose", "initializeParameterNode",
-            "setParameterNode", "_checkCanApply", "_settingsSections", "_prepareJob", "_runSummary",
+    # The template's lifecycle (setup, cleanup, enter, exit, scene close, parameter node binding) is
+    # the shared mixin's; the module widget gives what differs.
+    assert {"_createLogic", "initializeParameterNode", "_checkCanApply", "_prepareJob", "_runSummary",
             "_showResult"} <= methods[f"{module}Widget"]
-    assert {"getParameterNode", "_implementationClass"} <= methods[f"{module}Logic"]
+    shared_tree = module_tree(COMMON / "segment_widget.py")
+    mixin = next(n for n in shared_tree.body if isinstance(n, ast.ClassDef) and n.name == "SegmentWidgetMixin")
+    mixin_methods = {f.name for f in mixin.body if isinstance(f, ast.FunctionDef)}
+    assert {"__init__", "setup", "cleanup", "enter", "exit", "onSceneStartClose", "onSceneEndClose",
+            "setParameterNode"} <= mixin_methods
+    assert not {"setup", "cleanup", "enter", "exit", "setParameterNode"} & methods[f"{module}Widget"], \
+        "the lifecycle is the mixin's alone"
+    logic_source = ast.unparse(classes[f"{module}Logic"])
+    assert f"PARAMETER_NODE_CLASS = {module}ParameterNode" in logic_source
     assert {"setUp", "runTest"} <= methods[f"{module}Test"]
     source = panel.file.read_text()
-    assert f'slicer.util.loadUI(self.resourcePath("UI/{module}.ui"))' in source
-    assert "self._parameterNode.connectGui(self.ui)" in source
-    assert "self._parameterNode.disconnectGui(self._parameterNodeGuiTag)" in source
-    assert "self.initializeRunning(" in source and "self.setupRunning()" in source and "self.cleanupRunning()" in source
+    shared = (COMMON / "segment_widget.py").read_text()
+    assert f'UI_FILE = "UI/{module}.ui"' in source and "slicer.util.loadUI(self.resourcePath(self.UI_FILE))" in shared
+    assert "self._parameterNode.connectGui(self.ui)" in shared
+    assert "self._parameterNode.disconnectGui(self._parameterNodeGuiTag)" in shared
+    assert "self.initializeRunning()" in shared and "self.setupRunning()" in shared and "self.cleanupRunning()" in shared
 
 
 def test_the_logic_delegates_to_the_library_logic_imported_lazily(panel):
-    logic = module_class(panel, f"{panel.module}Logic")
-    lazy_imports = [node for node in ast.walk(logic) if isinstance(node, ast.ImportFrom)]
-    assert any(node.module == f"{panel.module}Lib.logic" for node in lazy_imports)
+    import importlib
+
+    logic = ast.unparse(module_class(panel, f"{panel.module}Logic"))
+    library_logic = f"{panel.module}Lib.logic.{panel.module}Logic"
+    assert f"IMPLEMENTATION = '{library_logic}'" in logic
+    module, name = library_logic.rsplit(".", 1)
+    assert hasattr(importlib.import_module(module), name)  # the path names a real class
     top_level = {node.module for node in module_tree(panel.file).body if isinstance(node, ast.ImportFrom)}
     assert f"{panel.module}Lib.logic" not in top_level
 

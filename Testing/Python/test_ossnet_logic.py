@@ -106,7 +106,7 @@ def test_logic_segments_the_validation_case_as_the_model_card_says(scene, logic,
     assert segmentation.GetAttribute(ATTRIBUTE_PREFIX + "Model") == MODEL_ID
     assert any(message.startswith("level 3/3") for message in messages)  # progress per level
     # The inputs are untouched.
-    for node, voxels in zip(case, before):
+    for node, voxels in zip(case, before, strict=True):
         assert np.array_equal(array_from_volume(node)[0], voxels)
 
 
@@ -160,7 +160,7 @@ def test_bad_inputs_fail_with_a_message_naming_the_problem(scene, logic, case):
         (1, 240, 240), (1.0, 1.0, 1.0)), "one slice")
     with pytest.raises(InputVolumeError, match="single slice"):
         logic.segment([flat, t1c])
-    with pytest.raises(ValueError, match="resolution must be a positive factor"):
+    with pytest.raises(ValueError, match="resolution must be between"):
         logic.segment(case, resolution=0.0)
 
 

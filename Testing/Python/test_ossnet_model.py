@@ -104,10 +104,10 @@ def test_normalisation_sets_background_and_z_scores_the_head(case) -> None:
     assert abs(out[head].mean()) < 0.05 and abs(out[head].std() - 1) < 0.05
 
 
-@pytest.mark.parametrize("spacing,request_", [((1.0, 1.0, 1.0), {"spacing_factor": 0.5}),
+@pytest.mark.parametrize("spacing,request_", [((1.0, 1.0, 1.0), {"output_spacing": 0.5}),
                                               ((1.0, 1.0, 1.0), {"output_spacing": 2.0}),
                                               ((0.9, 1.2, 3.0), {"output_spacing": (1.0, 1.0, 1.0)}),
-                                              ((0.9, 1.2, 3.0), {"spacing_factor": 0.7}),
+                                              ((0.9, 1.2, 3.0), {"output_spacing": (0.63, 0.84, 2.1)}),
                                               ((1.0, 1.0, 1.0), {})])
 def test_output_grid_is_the_one_with_spacing_builds(spacing, request_) -> None:
     shape = (155, 240, 231)
@@ -128,7 +128,7 @@ def test_level_strides() -> None:
 def test_segment_at_a_finer_resolution(case, model) -> None:
     part = case.crop((slice(8, 40), slice(16, 56), slice(16, 56)))
     native = segment(model, part.images, part.spacing)
-    fine = segment(model, part.images, part.spacing, spacing_factor=0.5, return_probabilities=True)
+    fine = segment(model, part.images, part.spacing, output_spacing=tuple(s / 2 for s in part.spacing), return_probabilities=True)
     assert native.shape == part.labels.shape and native.labels.dtype == np.uint8
     assert fine.shape == tuple(2 * n for n in part.labels.shape) and fine.spacing == (0.5, 0.5, 0.5)
     assert fine.probabilities.shape == fine.shape and fine.probabilities.dtype == np.float32
@@ -205,8 +205,8 @@ def test_levels_of_labels_alone_give_the_labels_of_the_probability_levels(case, 
     """Without probabilities the levels keep one byte per point (the memory of a fine output);
     the segmentation and the points decoded are exactly those of the float levels."""
     for factor in (1.0, 0.5):
-        labels_only = segment(model, case.images, case.spacing, spacing_factor=factor)
-        with_probabilities = segment(model, case.images, case.spacing, spacing_factor=factor, return_probabilities=True)
+        labels_only = segment(model, case.images, case.spacing, output_spacing=tuple(s * factor for s in case.spacing))
+        with_probabilities = segment(model, case.images, case.spacing, output_spacing=tuple(s * factor for s in case.spacing), return_probabilities=True)
         assert labels_only.probabilities is None
         assert np.array_equal(labels_only.labels, with_probabilities.labels)
         assert labels_only.decoded_points == with_probabilities.decoded_points
@@ -215,7 +215,7 @@ def test_levels_of_labels_alone_give_the_labels_of_the_probability_levels(case, 
 def test_progress_and_cancel(case, model) -> None:
     seen = []
     segment(model, case.images, case.spacing, chunk_size=2000, progress=lambda f, m: seen.append(f))
-    assert seen[0] == 0.0 and seen[-1] == 1.0 and all(b >= a for a, b in zip(seen, seen[1:]))
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and all(b >= a for a, b in zip(seen, seen[1:], strict=False))
     calls = []
     with pytest.raises(CancelledError):
         segment(model, case.images, case.spacing, chunk_size=500, cancel=lambda: calls.append(1) or len(calls) > 3)
@@ -242,7 +242,7 @@ def test_resolution_independence_of_the_occupancy_function(case, model) -> None:
 
 def test_inference_and_training_are_deterministic(case) -> None:
     first, second = calibrated_model(case, seed=5), calibrated_model(case, seed=5)
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True))
     a = segment(first, case.images, case.spacing, output_spacing=2.0, return_probabilities=True)
     b = segment(second, case.images, case.spacing, output_spacing=2.0, return_probabilities=True)
     assert np.array_equal(a.probabilities, b.probabilities)
@@ -259,8 +259,8 @@ def test_inference_and_training_are_deterministic(case) -> None:
         return [p.detach().clone() for p in model.parameters()]
 
     one, two, other = train(7), train(7), train(8)
-    assert all(torch.equal(x, y) for x, y in zip(one, two))
-    assert not all(torch.equal(x, y) for x, y in zip(one, other))
+    assert all(torch.equal(x, y) for x, y in zip(one, two, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(one, other, strict=True))
 
 
 def test_fast_patch_extraction_equals_trilinear_sampling(case) -> None:
@@ -309,5 +309,5 @@ def test_training_augmentation_is_a_consistent_change_of_coordinates(case) -> No
     cell = 2.0 * 4
     tumour = np.argwhere(case.target)
     cells = [np.floor((centred_positions(n, 1.0)[tumour[:, a]] + g * 2.0 / 2) / cell).astype(int)
-             for a, (n, g) in enumerate(zip(case.labels.shape, grid))]
+             for a, (n, g) in enumerate(zip(case.labels.shape, grid, strict=True))]
     assert bool(target[0, 0][tuple(torch.from_numpy(np.stack(cells)))].all())

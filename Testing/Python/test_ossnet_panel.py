@@ -7,7 +7,6 @@ test_mednca_panel.py.
 
 from __future__ import annotations
 
-import inspect
 import types
 
 import numpy as np
@@ -18,16 +17,10 @@ from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.panel_state import summary_text
 from EfficientSegmentationCommon.segmentation_output import write_scalar_volume
 from OSSNetSegmentLib.input_names import is_input
-from OSSNetSegmentLib.logic import OSSNetResult, OSSNetSegmentLogic
-from OSSNetSegmentLib.panel import INPUT_FIELDS, input_volumes, inputs_problem, resolution_text, run_summary, segment_arguments
-from OSSNetSegmentLib.resolution import (
-    MAX_OUTPUT_VOXELS,
-    check_output_size,
-    grid_summary,
-    memory_estimate,
-    output_shape,
-    output_spacing_for,
-)
+from OSSNetSegmentLib.logic import OSSNetResult
+from OSSNetSegmentLib.panel import INPUT_FIELDS, input_volumes, inputs_problem, panel_settings, resolution_text, run_summary
+from OSSNetSegmentLib.resolution import MAX_OUTPUT_VOXELS, memory_estimate, plan_output_grid
+from OSSNetSegmentLib.settings import OSSNetSettings
 
 BRATS_SHAPE = (155, 240, 240)  # KJI
 
@@ -63,59 +56,72 @@ def test_input_volumes_follow_the_model_card_order(scene):
         input_volumes(node, len(INPUT_FIELDS) + 1)
 
 
-def test_segment_arguments_are_the_logics_keywords_with_whole_chunk_sizes():
-    arguments = segment_arguments(parameters(model="ossnet-brats-wholetumour", resolution=2.0, chunkSize=4096.4))
-    assert arguments == {"model": "ossnet-brats-wholetumour", "resolution": 2.0, "chunkSize": 4096, "device": "cpu",
-                         "roi": None, "outputSegmentation": None}
-    keywords = set(inspect.signature(OSSNetSegmentLogic.prepare).parameters) - {"self", "inputVolumes"}
-    assert set(arguments) == keywords - {"outputSpacing"}
-    assert segment_arguments(parameters(model=""))["model"] is None  # the first registered model
+def test_panel_settings_have_whole_chunk_sizes_and_default_to_the_first_model():
+    settings = panel_settings(parameters(model="ossnet-brats-wholetumour", resolution=2.0, chunkSize=4096.4))
+    assert settings == OSSNetSettings(model="ossnet-brats-wholetumour", resolution=2.0, chunk_size=4096)
+    assert panel_settings(parameters(model="", device="")) == OSSNetSettings()  # the first registered model
 
 
-def test_output_spacing_and_shape_match_the_geometry_the_result_gets():
+def test_the_planned_output_grid_is_the_one_the_result_gets():
     spacing = (0.9375, 0.9375, 1.5)
     geometry = VolumeGeometry.compose(BRATS_SHAPE, spacing)
     for resolution in (0.25, 0.5, 1.0, 1.5, 2.0, 4.0):
-        new = output_spacing_for(spacing, resolution)
-        assert np.allclose(new, np.asarray(spacing) / resolution)
-        assert output_shape(BRATS_SHAPE, spacing, new) == geometry.with_spacing(new).shape_kji
-    assert output_spacing_for(spacing) == spacing
-    assert output_spacing_for(spacing, output_spacing=0.5) == (0.5, 0.5, 0.5)
+        plan = plan_output_grid(geometry, 2, OSSNetSettings(resolution=resolution))
+        assert np.allclose(plan.output.spacing, np.asarray(spacing) / resolution)
+        assert plan.output == geometry.with_spacing(np.asarray(spacing) / resolution)
+        assert plan.model_grid == geometry and not plan.resampled
+    assert plan_output_grid(geometry, 2, OSSNetSettings()).output == geometry
+    assert plan_output_grid(geometry, 2, OSSNetSettings(output_spacing=0.5)).output.spacing == (0.5, 0.5, 0.5)
     for bad in (0.0, -1.0, float("nan")):
-        with pytest.raises(ValueError, match="positive"):
-            output_spacing_for(spacing, bad)
+        with pytest.raises(ValueError, match="resolution must be"):
+            OSSNetSettings(resolution=bad)
     with pytest.raises(ValueError, match="not both"):
-        output_spacing_for(spacing, 2.0, 0.5)
+        OSSNetSettings(resolution=2.0, output_spacing=0.5)
+
+
+def test_an_oblique_input_is_planned_on_the_axis_aligned_grid_the_run_uses():
+    """The estimate the panel shows is made on the grid the model will read, not the input's."""
+    angle = np.deg2rad(30)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    oblique = VolumeGeometry.compose(BRATS_SHAPE, (1.0, 1.0, 1.0), direction=rotation)
+    plan = plan_output_grid(oblique, 2, OSSNetSettings())
+    assert plan.resampled and np.allclose(plan.model_grid.direction, np.eye(3))
+    assert plan.model_grid.shape_kji != oblique.shape_kji  # the rotated box is larger
+    assert plan.output == plan.model_grid and "oblique" in plan.summary()
 
 
 def test_too_large_an_output_grid_is_refused_with_what_to_do():
-    check_output_size((310, 480, 480))
+    geometry = VolumeGeometry.compose(BRATS_SHAPE, (1.0, 1.0, 1.0))
+    plan_output_grid(geometry, 2, OSSNetSettings(resolution=2.0)).check()
+    huge = plan_output_grid(geometry, 2, OSSNetSettings(output_spacing=0.2))
+    assert huge.voxels > MAX_OUTPUT_VOXELS
     with pytest.raises(ValueError, match="coarser resolution or an ROI"):
-        check_output_size((1240, 960, 960))
-    assert np.prod((1240, 960, 960)) > MAX_OUTPUT_VOXELS
+        huge.check()
 
 
-def test_grid_summary_shows_grid_spacing_voxels_and_memory_that_grows_with_resolution():
-    text = grid_summary(BRATS_SHAPE, (1.0, 1.0, 1.0), 2, 2.0, 8192)
+def test_the_plan_summary_shows_grid_spacing_voxels_and_memory_that_grows_with_resolution():
+    geometry = VolumeGeometry.compose(BRATS_SHAPE, (1.0, 1.0, 1.0))
+    text = plan_output_grid(geometry, 2, OSSNetSettings(resolution=2.0)).summary()
     assert text.startswith("480 x 480 x 310 voxels of 0.5 x 0.5 x 0.5 mm (71.4 million); about ")
     assert text.endswith("of memory")
-    memories = [memory_estimate(BRATS_SHAPE, 2, output_shape(BRATS_SHAPE, (1, 1, 1), output_spacing_for((1, 1, 1), r)),
-                                8192) for r in (0.5, 1.0, 2.0)]
+    memories = [plan_output_grid(geometry, 2, OSSNetSettings(resolution=r)).memory_bytes for r in (0.5, 1.0, 2.0)]
     assert memories[0] <= memories[1] < memories[2]  # up to 1x, preparing the inputs dominates
     assert memory_estimate(BRATS_SHAPE, 2, BRATS_SHAPE, 1024) < memory_estimate(BRATS_SHAPE, 2, BRATS_SHAPE, 65536)
-    assert "too large" in grid_summary(BRATS_SHAPE, (1.0, 1.0, 1.0), 2, 4.0 * 1.6, 8192)
+    assert "too large" in plan_output_grid(geometry, 2, OSSNetSettings(output_spacing=0.2)).summary()
 
 
 def test_resolution_text_uses_the_first_input_and_the_roi_box(scene):
     flair = volume(scene, "flair", shape=(20, 30, 40), spacing=(1.0, 1.0, 2.0))
-    assert resolution_text(None, None, 2, 1.0, 8192) == ""
-    assert resolution_text(flair, None, 2, 2.0, 8192).startswith("Output: 80 x 60 x 40 voxels of 0.5 x 0.5 x 1 mm")
+    assert resolution_text(None, None, 2, OSSNetSettings()) == ""
+    assert resolution_text(flair, None, 2, OSSNetSettings(resolution=2.0)).startswith(
+        "Output: 80 x 60 x 40 voxels of 0.5 x 0.5 x 1 mm")
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
     roi.SetCenter(10.0, 10.0, 10.0)
     roi.SetSize(10.0, 10.0, 10.0)
-    assert resolution_text(flair, roi, 2, 1.0, 8192).startswith("Output: 11 x 11 x 5 voxels of 1 x 1 x 2 mm")  # voxels the box touches
+    assert resolution_text(flair, roi, 2, OSSNetSettings()).startswith(
+        "Output: 11 x 11 x 5 voxels of 1 x 1 x 2 mm")  # voxels the box touches
     roi.SetCenter(500.0, 500.0, 500.0)
-    assert "does not overlap" in resolution_text(flair, roi, 2, 1.0, 8192)
+    assert "does not overlap" in resolution_text(flair, roi, 2, OSSNetSettings())
 
 
 def test_run_summary_reports_grid_decoded_share_and_notes(scene):

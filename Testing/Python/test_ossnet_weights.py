@@ -108,7 +108,7 @@ def test_a_finer_output_refines_the_native_one(model, border_crop) -> None:
     """At 0.5 mm each 1 mm voxel is split in eight; their average agrees with the 1 mm result."""
     reference = segment(model, border_crop.images, border_crop.spacing, normalized=True)
     assert 0.05 < reference.labels.mean() < 0.95  # the crop holds a stretch of border
-    fine = segment(model, border_crop.images, border_crop.spacing, spacing_factor=0.5, normalized=True)
+    fine = segment(model, border_crop.images, border_crop.spacing, output_spacing=tuple(s / 2 for s in border_crop.spacing), normalized=True)
     assert fine.shape == tuple(2 * n for n in reference.shape)
     k, j, i = reference.shape
     pooled = fine.labels.reshape(k, 2, j, 2, i, 2).mean(axis=(1, 3, 5)) > 0.5

@@ -7,10 +7,9 @@ import threading
 import numpy as np
 import pytest
 from EfficientSegmentationCommon.errors import CancelledError
-from EfficientSegmentationCommon.labels2seg import HIPPOCAMPUS_SEGMENTS
+from EfficientSegmentationCommon.labels2seg import hippocampus_segments
 from EfficientSegmentationCommon.progress import (
     CancelRequest,
-    ProgressSplitter,
     SceneTransaction,
     scaled,
 )
@@ -22,6 +21,8 @@ from EfficientSegmentationCommon.segmentation_output import (
 )
 from EfficientSegmentationCommon.volume_arrays import array_from_volume
 from vtkmodules.vtkCommonCore import vtkIdList
+
+HIPPOCAMPUS_SEGMENTS = hippocampus_segments()  # names and colours from the registry
 
 
 def scene_state(scene, volume) -> tuple:
@@ -99,14 +100,3 @@ def test_scaled_progress_stays_in_range_and_never_decreases():
     for fraction in (0.0, 0.5, 0.25, 1.0, 1.5, -1.0):
         stage(fraction, "running")
     assert reports == pytest.approx([0.2, 0.4, 0.4, 0.6, 0.6, 0.6])
-
-
-def test_splitter_maps_stages_onto_the_whole_job():
-    reports = []
-    splitter = ProgressSplitter(lambda value, message: reports.append((value, message)), {"load": 1, "infer": 8, "write": 1})
-    splitter.stage("load")(1.0, "loaded")
-    splitter.stage("infer")(0.5, "inferring")
-    splitter.stage("load")(0.0, "late report from an earlier stage")
-    splitter.stage("write")(1.0, "done")
-    assert [value for value, _ in reports] == pytest.approx([0.1, 0.5, 0.5, 1.0])
-    assert reports[-1][1] == "done"

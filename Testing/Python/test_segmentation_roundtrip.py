@@ -12,7 +12,7 @@ import pytest
 import slicer
 from conftest import load_case
 from EfficientSegmentationCommon.geometry import VolumeGeometry
-from EfficientSegmentationCommon.labels2seg import HIPPOCAMPUS_SEGMENTS
+from EfficientSegmentationCommon.labels2seg import hippocampus_segments
 from EfficientSegmentationCommon.scene import load_volume
 from EfficientSegmentationCommon.segmentation_output import (
     export_segmentation_labels,
@@ -25,6 +25,8 @@ from EfficientSegmentationCommon.volume_arrays import array_from_volume
 from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+HIPPOCAMPUS_SEGMENTS = hippocampus_segments()  # names and colours from the registry
 
 
 def rotation(axis, degrees: float) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import slicer
-from EfficientSegmentationCommon.labels2seg import HIPPOCAMPUS_SEGMENTS
+from EfficientSegmentationCommon.labels2seg import hippocampus_segments
 from EfficientSegmentationCommon.segmentation_output import (
     SegmentSpec,
     export_segmentation_labels,
@@ -17,6 +17,8 @@ HIPPOCAMPUS_TERMINOLOGY = (
     "~SCT^123037004^Anatomical Structure~SCT^5300000^Hippocampus~^^"
     "~Anatomic codes - DICOM master list~^^~^^"
 )
+
+HIPPOCAMPUS_SEGMENTS = hippocampus_segments()  # names and colours from the registry
 
 
 def segment_table(segmentation_node) -> list[tuple[str, tuple[float, float, float]]]:
@@ -34,7 +36,7 @@ def test_names_and_colours_as_declared(scene, hippocampus):
     assert node.GetName() == "Hippocampus"
     table = segment_table(node)
     assert [name for name, _ in table] == ["anterior hippocampus", "posterior hippocampus"]
-    for (_, color), spec in zip(table, HIPPOCAMPUS_SEGMENTS):
+    for (_, color), spec in zip(table, HIPPOCAMPUS_SEGMENTS, strict=True):
         np.testing.assert_allclose(color, spec.color, atol=1e-6)
     assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is hippocampus.volume
     assert node.GetSegmentation().ContainsRepresentation(slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName())

@@ -36,17 +36,6 @@ class JobState(enum.Enum):
         return self in (JobState.RUNNING, JobState.CANCELLING)
 
 
-# What the Segment button shows and whether it can be clicked, per state.
-BUTTON = {
-    JobState.IDLE: ("Segment", True),
-    JobState.RUNNING: ("Cancel", True),
-    JobState.CANCELLING: ("Cancelling...", False),
-    JobState.FINISHED: ("Segment", True),
-    JobState.CANCELLED: ("Segment", True),
-    JobState.FAILED: ("Segment", True),
-}
-
-
 @dataclass
 class JobStatus:
     """A snapshot for the GUI: state, latest progress, and the result or error once ended."""

@@ -12,9 +12,36 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .segmentation_output import SegmentSpec, export_segmentation_labels, save_labelmap, save_segmentation
+from .scene import create_scene
+from .segmentation_output import save_labelmap, save_segmentation
+from .settings import settings_from_arguments
 
 FORMATS = ("seg.nrrd", "nii.gz")
+
+
+@dataclass
+class CommandSession:
+    """What a command sets up before its inputs: a headless scene, the method's logic, the run's
+    settings (from the flags) and the model they name."""
+
+    scene: object
+    logic: object
+    settings: object
+    entry: object  # registry.ModelEntry
+
+
+def start_command(arguments, logic_class: type, settings_class: type) -> CommandSession:
+    """Set torch's threads (``--threads``), make the scene and logic, read the settings from the
+    flags and find the model. Raises ValueError (ModelError included) naming a bad setting or
+    model, before any input is read."""
+    if getattr(arguments, "threads", None):
+        import torch
+
+        torch.set_num_threads(arguments.threads)
+    scene = create_scene()
+    logic = logic_class(scene)
+    settings = settings_from_arguments(settings_class, arguments)
+    return CommandSession(scene, logic, settings, logic.model_entry(settings.model))
 
 
 def output_path(output_dir: Path, name: str, fmt: str) -> Path:
@@ -24,17 +51,15 @@ def output_path(output_dir: Path, name: str, fmt: str) -> Path:
     return Path(output_dir) / f"{name}.{fmt}"
 
 
-def write_result(scene, segmentation, reference_volume, segments: Sequence[SegmentSpec], path: Path) -> Path:
-    """Save a segmentation node as ``.seg.nrrd``, or as a label map with the segments' label
-    values on the reference volume's grid (``.nii.gz``)."""
-    from .geometry import VolumeGeometry
-
+def write_result(result, path: Path) -> Path:
+    """Save a run's result (either method's: it has ``segmentation``, ``labels`` and ``geometry``)
+    as a ``.seg.nrrd`` segmentation, or as a ``.nii.gz`` label map with the segments' label
+    values on the result's grid (the input's, or the output grid the user chose)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.name.endswith(".seg.nrrd"):
-        save_segmentation(segmentation, path)
+        save_segmentation(result.segmentation, path)
     else:
-        labels = export_segmentation_labels(scene, segmentation, reference_volume, segments)
-        save_labelmap(labels.astype("uint8"), VolumeGeometry.from_volume_node(reference_volume), path)
+        save_labelmap(result.labels.astype("uint8"), result.geometry, path)
     return path
 
 

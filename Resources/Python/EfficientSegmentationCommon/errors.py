@@ -22,3 +22,11 @@ def describe_node(node) -> str:
     if node is None:
         return "(no node selected)"
     return f"'{node.GetName() or node.GetID() or node.GetClassName()}'"
+
+
+class ModelError(ValueError):
+    """A model cannot be used: unknown id, missing or damaged weights, a malformed model card.
+
+    Kept apart from ``InputVolumeError`` so that a message blames the model (and names its file
+    and the field at fault), not the user's volume.
+    """

@@ -42,10 +42,10 @@ def crop_to_roi(geometry: VolumeGeometry, roi_node) -> tuple[KJISlices, VolumeGe
     if np.any(high - low < 2):
         raise InputVolumeError(f"ROI {describe_node(roi_node)} does not overlap the input volume "
                                "(or covers less than 2 voxels along an axis); move or enlarge it.")
-    slices_kji = tuple(slice(int(a), int(b)) for a, b in zip(low[::-1], high[::-1]))
+    slices_kji = tuple(slice(int(a), int(b)) for a, b in zip(low[::-1], high[::-1], strict=True))
     matrix = geometry.ijk_to_ras.copy()
     matrix[:3, 3] = geometry.voxel_to_ras(low)
-    return slices_kji, VolumeGeometry(matrix, tuple(int(b - a) for a, b in zip(low[::-1], high[::-1])))
+    return slices_kji, VolumeGeometry(matrix, tuple(int(b - a) for a, b in zip(low[::-1], high[::-1], strict=True)))
 
 
 def axis_aligned_grid(geometry: VolumeGeometry, spacing: Sequence[float]) -> VolumeGeometry:

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import InputVolumeError
 from .geometry import VolumeGeometry
+from .registry import ModelRegistry
 from .scene import create_scene, load_volume
 from .segmentation_output import (
     SegmentSpec,
@@ -25,11 +26,14 @@ from .segmentation_output import (
 )
 from .volume_arrays import array_from_volume, check_scalar_volume
 
-HIPPOCAMPUS_SEGMENTS = (
-    SegmentSpec("anterior hippocampus", (0.95, 0.65, 0.15), 1),
-    SegmentSpec("posterior hippocampus", (0.25, 0.55, 0.95), 2),
-)
-"""Label table of the Medical Segmentation Decathlon Task04 (hippocampus head, body and tail)."""
+
+
+def hippocampus_segments() -> tuple[SegmentSpec, ...]:
+    """Label table of the Medical Segmentation Decathlon Task04 (1 hippocampus head, 2 body and
+    tail) as the registry names and colours it: the segments of the first Med-NCA model, so
+    that names and colours have one source."""
+    entry = next(entry for entry in ModelRegistry.default().entries if entry.method == "mednca")
+    return entry.segments
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             raise InputVolumeError(f"Label map '{args.labels}' is not on the grid of image '{args.image}'.")
         labels = labels.astype(np.int32)
-        segmentation = write_labels_to_segmentation(scene, labels, geometry, volume, HIPPOCAMPUS_SEGMENTS)
+        segments = hippocampus_segments()
+        segmentation = write_labels_to_segmentation(scene, labels, geometry, volume, segments)
     except (InputVolumeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -64,12 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = os.path.join(args.output_dir, f"{volume.GetName()}.seg.nrrd")
     save_segmentation(segmentation, path)
 
-    exported = export_segmentation_labels(scene, segmentation, volume, HIPPOCAMPUS_SEGMENTS)
+    exported = export_segmentation_labels(scene, segmentation, volume, segments)
     voxel_volume = float(np.prod(geometry.spacing))
     print(f"Wrote {path}")
     print(f"  reference volume: {volume.GetName()}, {'x'.join(map(str, geometry.shape_ijk))} voxels, "
           f"spacing {' x '.join(f'{s:g}' for s in geometry.spacing)} mm")
-    for spec in HIPPOCAMPUS_SEGMENTS:
+    for spec in segments:
         count = int(np.count_nonzero(labels == spec.label_value))
         color = ", ".join(f"{c:.2f}" for c in spec.color)
         print(f"  segment '{spec.name}' (label {spec.label_value}, colour {color}): "

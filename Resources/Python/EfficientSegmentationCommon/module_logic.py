@@ -2,9 +2,12 @@
 (``<Module>Lib.logic``, also used headless), imported on first use so that Slicer starts without
 torch, and get PyTorch through the PyTorch extension when a run needs it.
 
-The module's ``ScriptedLoadableModuleLogic`` subclass mixes this in and names its library
-logic in ``_implementationClass``.
+The module's logic class derives from this mixin and ``ScriptedLoadableModuleLogic`` (in that
+order) and names its parameter node class and its library logic (a dotted path, imported on
+first use).
 """
+
+import importlib
 
 from .errors import InputVolumeError
 from .torch_setup import ensure_torch
@@ -12,17 +15,30 @@ from .volume_arrays import check_scalar_volume
 
 
 class LibraryLogicMixin:
-    """Delegation to the library logic, and the panel's cached input check."""
+    """Delegation to the library logic, the parameter node, and the panel's cached input check."""
 
-    def initializeLibraryLogic(self, scene=None) -> None:
-        """Call from ``__init__``. ``scene``: default ``slicer.mrmlScene``."""
+    PARAMETER_NODE_CLASS = None  # the module's parameterNodeWrapper class
+    IMPLEMENTATION = ""  # "<Module>Lib.logic.<Class>": the library logic, imported on first use
+
+    def __init__(self, scene=None) -> None:
+        """``scene``: default ``slicer.mrmlScene``."""
+        from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+        ScriptedLoadableModuleLogic.__init__(self)
         self._scene = scene
         self._implementation = None
         self._inputChecks = {}
 
+    def getParameterNode(self):
+        """The module's parameter node, wrapped in its typed ``parameterNodeWrapper`` class."""
+        from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+        return self.PARAMETER_NODE_CLASS(ScriptedLoadableModuleLogic.getParameterNode(self))
+
     def _implementationClass(self):
-        """The library logic class (imported here, on first use)."""
-        raise NotImplementedError
+        """The library logic class (imported here, on first use: it brings numpy, scipy and the model code)."""
+        module, name = self.IMPLEMENTATION.rsplit(".", 1)
+        return getattr(importlib.import_module(module), name)
 
     @property
     def implementation(self):
@@ -65,15 +81,19 @@ class LibraryLogicMixin:
         """True when PyTorch can be used; installs it via the PyTorch extension after confirmation."""
         return ensure_torch(ask_confirmation=askConfirmation)
 
-    def segment(self, *inputs, **options):
-        """Segment, blocking; arguments and result as the library logic's ``segment``."""
+    def segment(self, inputs, settings=None, roi=None, outputSegmentation=None, progressCallback=None,
+                cancelRequest=None, **options):
+        """Segment, blocking; arguments and result as the library logic's ``segment``: the input
+        volume(s), the method's settings object (or its options as keywords), an optional ROI and
+        output segmentation, a progress callback and a cancel request."""
         if not self.ensureTorch():
             raise RuntimeError("PyTorch is needed to segment; it was not installed.")
-        return self.implementation.segment(*inputs, **options)
+        return self.implementation.segment(inputs, settings, roi, outputSegmentation, progressCallback,
+                                           cancelRequest, **options)
 
-    def prepare(self, *inputs, **options):
-        """Main thread: check inputs and copy them out of the scene."""
-        return self.implementation.prepare(*inputs, **options)
+    def prepare(self, inputs, settings=None, roi=None, outputSegmentation=None):
+        """Main thread: check the inputs and copy them out of the scene, with the method's settings."""
+        return self.implementation.prepare(inputs, settings, roi, outputSegmentation)
 
     def compute(self, job, progressCallback=None, cancelRequest=None):
         """Any thread: run the model on the prepared arrays; touches no MRML."""
@@ -85,4 +105,4 @@ class LibraryLogicMixin:
 
     def loadModel(self, job):
         """Load the job's model (imports torch; cached per model file and device)."""
-        return self.implementation.load(job.entry, job.device)
+        return self.implementation.load(job.entry, job.settings.device)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .background import BUTTON, JobState, JobStatus
+from .background import JobState, JobStatus
 
 START = "start"
 CANCEL = "cancel"
@@ -246,14 +246,12 @@ class SegmentPanel:
         return elapsed * (1.0 - self.fraction) / self.fraction
 
     def view(self) -> PanelView:
-        text, enabled = BUTTON[self.state]
         if self.state is JobState.RUNNING:
-            text, tooltip = "Cancel", _CANCEL_TOOLTIP
+            text, enabled, tooltip = "Cancel", True, _CANCEL_TOOLTIP
         elif self.state is JobState.CANCELLING:
-            tooltip = _CANCELLING_TOOLTIP
+            text, enabled, tooltip = "Cancelling...", False, _CANCELLING_TOOLTIP
         else:
-            text = self.action_text
-            enabled = enabled and not self.input_problem
+            text, enabled = self.action_text, not self.input_problem
             tooltip = self.input_problem or _IDLE_TOOLTIP
         return PanelView(
             state=self.state,

@@ -9,7 +9,7 @@ steps and runs inside a ``SceneTransaction``, which undoes its scene changes on 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import CancelledError
 
@@ -53,30 +53,6 @@ def scaled(callback: ProgressCallback | None, start: float, end: float) -> Progr
             callback(highest, message)
 
     return report
-
-
-class ProgressSplitter:
-    """Splits a job's progress into consecutive stages weighted by their expected duration.
-
-    ``ProgressSplitter(callback, {"load": 1, "infer": 8, "write": 1}).stage("infer")`` gives
-    the callback for inference, which then covers 10%..90% of the bar.
-    """
-
-    def __init__(self, callback: ProgressCallback | None, weights: Mapping[str, float]) -> None:
-        total = float(sum(weights.values()))
-        if total <= 0 or any(weight < 0 for weight in weights.values()):
-            raise ValueError(f"stage weights must be non-negative with a positive sum, got {dict(weights)}")
-        self._ranges: dict[str, tuple[float, float]] = {}
-        done = 0.0
-        for name, weight in weights.items():
-            self._ranges[name] = (done / total, (done + weight) / total)
-            done += weight
-        self._report = scaled(callback, 0.0, 1.0)  # one shared guard keeps the whole job monotonic
-
-    def stage(self, name: str) -> ProgressCallback:
-        """The callback for stage ``name``."""
-        start, end = self._ranges[name]
-        return scaled(self._report, start, end)
 
 
 class SceneTransaction:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputVolumeError
+from .errors import ModelError
 from .segmentation_output import SegmentSpec
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -110,10 +110,10 @@ class ModelRegistry:
         for entry in self.entries:
             if entry.id == model_id:
                 if not entry.path.exists():
-                    raise InputVolumeError(f"The weights of model '{model_id}' are missing: {entry.path}")
+                    raise ModelError(f"The weights of model '{model_id}' are missing: {entry.path}")
                 return entry
         known = ", ".join(entry.id for entry in self.entries) or "none"
-        raise InputVolumeError(f"Unknown model '{model_id}'. Registered models: {known}.")
+        raise ModelError(f"Unknown model '{model_id}'. Registered models: {known}.")
 
     def entry_for_file(self, path: Path, method: str) -> ModelEntry:
         """An entry for a model file of the user's: its registered entry if one points at it, else
@@ -125,7 +125,7 @@ class ModelRegistry:
         card_path = path.with_suffix(".json")
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
         if "segments" not in card:
-            raise InputVolumeError(f"Model file {path} has no registry entry and no model card ({card_path.name}) "
+            raise ModelError(f"Model file {path} has no registry entry and no model card ({card_path.name}) "
                                    "naming its segments; add it to your Models.json.")
         return _entry({"id": path.stem, "title": path.stem, "method": method, "task": card.get("task", ""),
                        "inputs": card.get("inputs", []), "segments": card["segments"], "file": str(path),

@@ -1,5 +1,7 @@
-"""The part of a module panel that both modules share: model and device lists, the Segment /
-Cancel button, the background run polled by a timer, and writing the result.
+"""The part of a module panel that both modules share: the widget lifecycle of Slicer's
+scripted-module template (setup, enter, exit, scene close, parameter node and GUI binding),
+model and device lists, the Segment / Cancel button, the background run polled by a timer, and
+writing the result; and the parameter node fields made from a method's settings class.
 
 Only for Slicer (imports qt). The widget classes mix this in after
 ``ScriptedLoadableModuleWidget`` and ``VTKObservationMixin``; what differs between the modules
@@ -14,15 +16,21 @@ The widget's ``.ui`` must hold: ``modelComboBox``, ``deviceComboBox``,
 
 import logging
 import traceback
+from typing import Annotated
 
 import qt
 import slicer
+import vtk
 from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import WithinRange
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+from slicer.util import VTKObservationMixin
 
 from .background import BackgroundJob, JobState
 from .errors import CancelledError
 from .panel_state import CANCEL, FINISH, START, RunSummary, SegmentPanel, device_choices, model_items
 from .progress import scaled
+from .settings import parameter_fields
 from .torch_setup import check_device, cuda_available
 
 # Share of the progress bar for the computation (worker thread); the rest is writing the result.
@@ -31,13 +39,121 @@ COMPUTE_SHARE = 0.9
 POLL_INTERVAL_MS = 100
 
 
+def settingsParameters(settingsClass) -> type:
+    """A base class for a ``parameterNodeWrapper`` class holding one parameter per option of a
+    method's settings class (``MedNCASettings``, ``OSSNetSettings``), named in camelCase.
+
+    The module's parameter node class derives from it and adds its node fields, so that a new
+    option needs no change in the module file: the wrapper reads inherited annotations and
+    defaults (``typing.get_type_hints``). Numbers are floats (ctkSliderWidget binds floats),
+    bounded by the option's range.
+    """
+    annotations, defaults = {}, {}
+    for name, kind, default, (low, high) in parameter_fields(settingsClass):
+        if kind is float and low is not None and high is not None:
+            kind = Annotated[float, WithinRange(low, high)]
+        annotations[name] = kind
+        defaults[name] = default
+    return type(f"{settingsClass.__name__}Parameters", (), {"__annotations__": annotations, **defaults})
+
+
 class SegmentWidgetMixin:
-    """Running segmentations from a module panel; see the module docstring for what it needs."""
+    """A module panel that segments; see the module docstring for what it needs.
+
+    The widget class defines ``UI_FILE``, ``_createLogic`` and ``initializeParameterNode`` and
+    the hooks at the end; the template's lifecycle methods are here.
+    """
 
     METHOD_TITLE = ""  # "Med-NCA", "OSS-Net": used in messages
+    UI_FILE = ""  # the panel's .ui, relative to the module's Resources
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.initializeRunning()
+
+    def setup(self) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.setup(self)
+
+        # Load widget from .ui file (created by Qt Designer).
+        uiWidget = slicer.util.loadUI(self.resourcePath(self.UI_FILE))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+
+        # Set scene in MRML widgets; the .ui connects the top-level widget's mrmlSceneChanged
+        # signal to each MRML widget's setMRMLScene slot.
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = self._createLogic()
+
+        # These connections ensure that we update parameter node when scene is closed
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        # Model and device combo boxes, Segment/Cancel button, polling timer.
+        self.setupRunning()
+
+        # Make sure parameter node is initialized (needed for module reload)
+        self.initializeParameterNode()
+        self._refresh()
+
+    def cleanup(self) -> None:
+        """Called when the application closes and the module widget is destroyed."""
+        self.cleanupRunning()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Called each time the user opens this module."""
+        # Make sure parameter node exists and observed
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Called each time the user opens a different module; a running segmentation goes on
+        (its timer still polls and writes the result)."""
+        # Do not react to parameter node changes (GUI will be updated when the user enters into the module).
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """Called just before the scene is closed: the inputs go away, so stop a running
+        segmentation and write nothing."""
+        self._abandonRun()
+        # Parameter node will be reset, do not use it anymore
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """Called just after the scene is closed."""
+        if not self.panel.active:
+            self.panel.reset()
+        # If this module is shown while the scene is closed then recreate a new parameter node immediately
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+        self._refresh()
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        """Set and observe parameter node.
+
+        Observation is needed because when the parameter node is changed then the GUI must be updated immediately.
+        """
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Note: in the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each
+            # ui element that needs connection.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._checkCanApply()
 
     def initializeRunning(self) -> None:
-        """Call from the widget's ``__init__``."""
+        """Called from ``__init__``."""
         self.panel = SegmentPanel(_("Segment"))
         self._job = BackgroundJob()
         self._runningJob = None  # the job being computed
@@ -48,7 +164,7 @@ class SegmentWidgetMixin:
         self._cudaAvailable = False
 
     def setupRunning(self) -> None:
-        """Call from ``setup`` once ``self.ui`` and ``self.logic`` exist."""
+        """Called from ``setup`` once ``self.ui`` and ``self.logic`` exist."""
         # The running job is polled from the main thread, which alone may touch MRML and Qt.
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_INTERVAL_MS)
@@ -63,7 +179,7 @@ class SegmentWidgetMixin:
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
 
     def cleanupRunning(self) -> None:
-        """Call from ``cleanup``: stop a running segmentation without writing anything."""
+        """Called from ``cleanup``: stop a running segmentation without writing anything."""
         self._abandonRun()
         if self._pollTimer:
             self._pollTimer.stop()
@@ -232,9 +348,21 @@ class SegmentWidgetMixin:
 
     # -- hooks the module widget defines ------------------------------------------------------
 
+    def _createLogic(self):
+        """The module's logic (``<Module>Logic()``)."""
+        raise NotImplementedError
+
+    def initializeParameterNode(self) -> None:
+        """Ensure the parameter node exists and is observed (``setParameterNode``); preselect inputs."""
+        raise NotImplementedError
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        """Parameters changed: sync the hand-bound combo boxes, say whether Segment can run."""
+        raise NotImplementedError
+
     def _settingsSections(self) -> list:
         """The collapsible sections locked while a run is active."""
-        raise NotImplementedError
+        return [self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton, self.ui.advancedCollapsibleButton]
 
     def _prepareJob(self):
         """The logic's job for the parameter node's settings (main thread; raises on bad input)."""
@@ -247,6 +375,19 @@ class SegmentWidgetMixin:
     def _showResult(self, result, job) -> None:
         """Select and show the new segmentation."""
         raise NotImplementedError
+
+
+def checkInputProblems(test, logic):
+    """For the modules' self-tests: the panel's input check names a missing volume and a single
+    slice, and accepts a small random volume, which it returns."""
+    import numpy as np
+
+    test.assertIn("No input volume", logic.inputProblem(None))
+    volume = slicer.util.addVolumeFromArray(np.random.default_rng(0).random((8, 9, 10), dtype=np.float32))
+    test.assertEqual(logic.inputProblem(volume), "")
+    singleSlice = slicer.util.addVolumeFromArray(np.zeros((1, 9, 10), dtype=np.float32))
+    test.assertIn("single slice", logic.inputProblem(singleSlice))
+    return volume
 
 
 def segmentCancelThenSegment(test, widget, timeoutSeconds: float) -> None:

@@ -32,6 +32,7 @@ class MedNCASettings:
     device: str = option("cpu", "torch device: cpu, or cuda where this computer has it")
     keep_largest_component: bool = option(True, "clear all but the largest connected structure")
     uncertainty_volume: bool = option(False, "also write the spread of the runs as a volume", cli=False)
+    mirror: bool = option(True, "every second run sees the volume mirrored left-right (the model is trained with flips)")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -39,4 +40,4 @@ class MedNCASettings:
     def inference_keywords(self) -> dict[str, Any]:
         """Keyword arguments of ``MedNCASegmentLib.inference.segment`` for these settings."""
         return {"runs": self.runs, "seed": self.seed, "global_steps": self.global_steps,
-                "refinement_steps": self.refinement_steps, "downscale": self.downscale}
+                "refinement_steps": self.refinement_steps, "downscale": self.downscale, "mirror": self.mirror}

@@ -1,0 +1,319 @@
+"""One user's work in the web app, without any web code: volumes, model, run, result, downloads.
+
+The web page (``app.py``) is a thin layer over this class, so everything it decides is tested
+headless. It drives the same library logic classes as the Slicer panels and the CLIs, in the
+same three phases: ``prepare`` reads the scene (main thread, here the server's event loop),
+``compute`` runs the model in a ``BackgroundJob`` worker thread, ``finish`` writes the result
+into the scene (main thread again). What the user sees of a run (button, progress text,
+result line) comes from the shared ``panel_state.SegmentPanel``, and the mapping of settings to
+``prepare`` arguments and of results to summaries from each module's ``panel`` module: the
+rules are the panels', not copies.
+
+A failed load or run leaves the scene as it was (``SceneTransaction`` and the logic's own
+all-or-nothing ``finish``); ``reset`` removes everything this session added, so the next user
+starts from an empty scene.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+from EfficientSegmentationCommon.background import BackgroundJob, JobState
+from EfficientSegmentationCommon.batch import write_result
+from EfficientSegmentationCommon.errors import InputVolumeError
+from EfficientSegmentationCommon.geometry import VolumeGeometry
+from EfficientSegmentationCommon.panel_state import FINISH, RunSummary, SegmentPanel
+from EfficientSegmentationCommon.progress import SceneTransaction, scaled
+from EfficientSegmentationCommon.registry import ModelEntry
+from EfficientSegmentationCommon.scene import load_volume
+from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels
+from EfficientSegmentationCommon.volume_arrays import check_scalar_volume
+from MedNCASegmentLib import panel as mednca_panel
+from MedNCASegmentLib.logic import MedNCASegmentLogic
+from OSSNetSegmentLib import panel as ossnet_panel
+from OSSNetSegmentLib.input_names import is_input
+from OSSNetSegmentLib.logic import OSSNetSegmentLogic
+from OSSNetSegmentLib.resolution import DEFAULT_CHUNK_SIZE
+
+# Share of the progress bar for the computation; the rest is writing the result (as in the panels).
+COMPUTE_SHARE = 0.9
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+DOWNLOAD_FORMATS = ("seg.nrrd", "nii.gz")
+
+
+@dataclass(frozen=True)
+class MednCAOptions:
+    """The Med-NCA sliders: stochastic runs, and the stage steps (None: the model's trained values)."""
+
+    runs: int = 10
+    global_steps: int | None = None
+    refinement_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class OSSNetOptions:
+    """The OSS-Net slider: output resolution as a factor of the input's (2: twice as fine)."""
+
+    resolution: float = 1.0
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+@dataclass(frozen=True)
+class SegmentRow:
+    """One row of the result table: a segment's name, colour (#rrggbb), volume (mL) and quality score."""
+
+    name: str
+    color: str
+    volume_ml: float
+    quality: float | None
+
+
+def hex_color(rgb: Sequence[float]) -> str:
+    """``(r, g, b)`` in 0..1 as ``#rrggbb``."""
+    return "#" + "".join(f"{int(round(255 * min(max(c, 0.0), 1.0))):02x}" for c in rgb)
+
+
+def list_data_files(folder: Path | None, limit: int = 500) -> list[str]:
+    """Image files under ``folder`` (relative POSIX paths, sorted), at most ``limit``; [] without a folder.
+
+    Only these may be loaded from the server's disk: the page sends one of these names, never a path.
+    """
+    if folder is None:
+        return []
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
+                found.append(Path(root, name).relative_to(folder).as_posix())
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+class SegmentationSession:
+    """The volumes one user loaded, the chosen model and settings, the running job and its result.
+
+    ``scene``: the MRML scene the web views show (trame-slicer's). All methods except the
+    job's computation run on the thread that owns the scene.
+    """
+
+    def __init__(self, scene) -> None:
+        self.scene = scene
+        self.logics = {"mednca": MedNCASegmentLogic(scene), "ossnet": OSSNetSegmentLogic(scene)}
+        self.panels = {"mednca": SegmentPanel("Segment", stage_names=mednca_panel.STAGE_NAMES),
+                       "ossnet": SegmentPanel("Segment")}
+        self.panel = self.panels["mednca"]
+        self.volumes: dict[str, object] = {}  # node id -> volume node loaded by this session
+        self.result = None  # the logic's result of the last finished run
+        self.result_entry: ModelEntry | None = None
+        self.result_summary: RunSummary | None = None
+        self.result_rows: list[SegmentRow] = []
+        self.reference_volume = None
+        self._job = BackgroundJob()
+        self._prepared = None  # (logic, job) of the running computation
+        self._runs = 1
+
+    # -- models -------------------------------------------------------------------------------
+
+    def models(self) -> list[ModelEntry]:
+        """All registered models of both methods whose weights are installed."""
+        return [entry for logic in self.logics.values() for entry in logic.models() if entry.path.exists()]
+
+    def entry(self, model_id: str) -> ModelEntry:
+        for entry in self.models():
+            if entry.id == model_id:
+                return entry
+        raise InputVolumeError(f"Unknown model '{model_id}': pick one of the listed models.")
+
+    # -- volumes ------------------------------------------------------------------------------
+
+    def load(self, path: str | os.PathLike, name: str | None = None):
+        """Load an image file as a volume the models can take, or raise ``InputVolumeError``
+        naming the problem (unreadable, 4D or vector, single slice, NaNs); the scene is then
+        left as it was."""
+        with SceneTransaction(self.scene):
+            node = load_volume(self.scene, path, name)
+            check_scalar_volume(node)
+        self.volumes[node.GetID()] = node
+        return node
+
+    def volume(self, node_id: str | None):
+        """This session's volume with that node id, or None."""
+        return self.volumes.get(node_id) if node_id else None
+
+    def guess_inputs(self, entry: ModelEntry, current: Sequence[str | None]) -> list[str | None]:
+        """Node ids for the model's inputs: the current choice where valid, else a volume whose
+        name names the input (``*flair*`` for FLAIR), else the only unused volume left."""
+        chosen = [node_id if node_id in self.volumes else None for node_id in current]
+        chosen = (chosen + [None] * len(entry.inputs))[:len(entry.inputs)]
+        for index, input_name in enumerate(entry.inputs):
+            if chosen[index] is None:
+                for node_id, node in self.volumes.items():
+                    if node_id not in chosen and is_input(node.GetName(), input_name):
+                        chosen[index] = node_id
+                        break
+        unused = [node_id for node_id in self.volumes if node_id not in chosen]
+        for index in range(len(chosen)):
+            if chosen[index] is None and len(entry.inputs) == 1 and unused:
+                chosen[index] = unused[-1]  # one input: the newest volume
+        return chosen
+
+    def inputs_problem(self, entry: ModelEntry, input_ids: Sequence[str | None]) -> str:
+        """Why Segment is disabled for these inputs ("" when it is not), worded as in the panels."""
+        volumes = [self.volume(node_id) for node_id in input_ids]
+        return ossnet_panel.inputs_problem(volumes, entry.inputs, _volume_problem)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def start(self, entry: ModelEntry, input_ids: Sequence[str | None], mednca: MednCAOptions,
+              ossnet: OSSNetOptions) -> None:
+        """Check the inputs and start the computation in a worker thread. An input problem puts
+        the panel's status line (a bad setting: *failed*); nothing is added to the scene."""
+        self.panel = self.panels[entry.method]
+        problem = self.inputs_problem(entry, input_ids)
+        self.panel.set_input_problem(problem)
+        if problem:  # shown as the panel's status line; Segment stays disabled
+            return
+        self.panel.start()
+        logic = self.logics[entry.method]
+        volumes = [self.volume(node_id) for node_id in input_ids]
+        try:
+            if entry.method == "mednca":
+                job = logic.prepare(volumes[0], **mednca_panel.segment_arguments(_mednca_parameters(entry, mednca)))
+                self._runs = mednca.runs
+            else:
+                job = logic.prepare(volumes, **ossnet_panel.segment_arguments(_ossnet_parameters(entry, ossnet)))
+        except (InputVolumeError, ValueError) as error:
+            self.panel.failed(str(error))
+            return
+        self._prepared = (logic, job, entry)
+        self._job.start(lambda progress, cancel: logic.compute(job, scaled(progress, 0.0, COMPUTE_SHARE), cancel))
+
+    def cancel(self) -> None:
+        """Ask the running computation to stop at its next step."""
+        if self.panel.cancel():
+            self._job.cancel()
+
+    def poll(self) -> JobState:
+        """Take in the worker's progress; write the result into the scene once it is computed.
+        Returns the panel's state (call again while it is active)."""
+        if not self.panel.active or self._prepared is None:
+            return self.panel.state
+        status = self._job.poll()
+        if self.panel.update(status) == FINISH:
+            logic, job, entry = self._prepared
+            self._prepared = None
+            try:
+                result = logic.finish(job, status.result, scaled(self.panel.report, COMPUTE_SHARE, 1.0))
+            except Exception as error:  # the logic's finish leaves the scene as it was
+                self.panel.failed(str(error))
+            else:
+                self._accept(entry, job, result)
+        elif not self.panel.active:
+            self._prepared = None
+        return self.panel.state
+
+    def wait(self, timeout: float = 600.0) -> JobState:
+        """Block until the run has ended (tests, scripts); returns the final state."""
+        self._job.wait(timeout)
+        return self.poll()
+
+    def _accept(self, entry: ModelEntry, job, result) -> None:
+        """A finished run: replace the previous result with it and summarise it."""
+        self._remove_result()
+        self.result, self.result_entry = result, entry
+        self.reference_volume = job.input_volume if entry.method == "mednca" else job.input_volumes[0]
+        if entry.method == "mednca":
+            summary = mednca_panel.run_summary(result, self._runs)
+        else:
+            summary = ossnet_panel.run_summary(result)
+        self.result_summary = summary
+        self.result_rows = self._rows(entry, result, summary)
+        self.panel.finished(summary)
+
+    def _rows(self, entry: ModelEntry, result, summary: RunSummary) -> list[SegmentRow]:
+        """Segment names, colours, volumes (mL, on the grid the result was computed on) and scores."""
+        labels = getattr(result, "labels", None)
+        if labels is not None:
+            geometry = result.geometry
+        else:
+            labels = export_segmentation_labels(self.scene, result.segmentation, self.reference_volume, entry.segments)
+            geometry = VolumeGeometry.from_volume_node(self.reference_volume)
+        voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+        return [SegmentRow(spec.name, hex_color(spec.color), int(np.count_nonzero(labels == spec.label_value)) * voxel_ml,
+                           summary.quality.get(spec.name)) for spec in entry.segments]
+
+    # -- result -------------------------------------------------------------------------------
+
+    def download(self, fmt: str) -> tuple[str, bytes]:
+        """The result as ``.seg.nrrd`` or as a NIfTI label map on the input grid: file name and bytes."""
+        if self.result is None:
+            raise RuntimeError("There is no result to download: segment a volume first.")
+        if fmt not in DOWNLOAD_FORMATS:
+            raise ValueError(f"unknown format '{fmt}'; choose one of {', '.join(DOWNLOAD_FORMATS)}")
+        name = f"{self.reference_volume.GetName()}_{self.result_entry.method}.{fmt}"
+        with tempfile.TemporaryDirectory() as folder:
+            path = write_result(self.scene, self.result.segmentation, self.reference_volume, self.result_entry.segments,
+                                Path(folder) / name)
+            return name, path.read_bytes()
+
+    def _remove_result(self) -> None:
+        if self.result is not None and self.scene.IsNodePresent(self.result.segmentation):
+            self.scene.RemoveNode(self.result.segmentation)
+        self.result, self.result_entry, self.result_summary, self.result_rows = None, None, None, []
+
+    def reset(self) -> None:
+        """Forget everything: stop a run (its result is never written), remove this session's
+        volumes and result from the scene, back to idle."""
+        if self.panel.active:
+            self._job.cancel()
+            self._job.wait(60)
+        self._prepared = None
+        self._remove_result()
+        for node in self.volumes.values():
+            if self.scene.IsNodePresent(node):
+                self.scene.RemoveNode(node)
+        self.volumes.clear()
+        self.reference_volume = None
+        for panel in self.panels.values():
+            panel.reset()
+
+
+def _volume_problem(volume) -> str:
+    try:
+        check_scalar_volume(volume)
+    except InputVolumeError as error:
+        return str(error)
+    return ""
+
+
+def _mednca_parameters(entry: ModelEntry, options: MednCAOptions) -> SimpleNamespace:
+    """The Med-NCA panel's parameter node fields for these options (see ``MedNCASegmentLib.panel``)."""
+    trained = options.global_steps is None and options.refinement_steps is None
+    return SimpleNamespace(model=entry.id, useTrainedSettings=trained, globalSteps=options.global_steps or 0,
+                           refinementSteps=options.refinement_steps or 0, downscale=0, runs=options.runs,
+                           device="cpu", inputROI=None, outputSegmentation=None, createUncertaintyVolume=False,
+                           seed=0, keepLargestComponent=True)
+
+
+def _ossnet_parameters(entry: ModelEntry, options: OSSNetOptions) -> SimpleNamespace:
+    """The OSS-Net panel's parameter node fields for these options (see ``OSSNetSegmentLib.panel``)."""
+    return SimpleNamespace(model=entry.id, resolution=options.resolution, chunkSize=options.chunk_size,
+                           device="cpu", inputROI=None, outputSegmentation=None)
+
+
+def options_from_state(state: Mapping) -> tuple[MednCAOptions, OSSNetOptions]:
+    """Options from the page's values (numbers may arrive as strings from text fields)."""
+    trained = bool(state.get("trained_steps", True))
+    mednca = MednCAOptions(runs=max(1, int(round(float(state.get("runs", 10))))),
+                           global_steps=None if trained else int(round(float(state.get("global_steps", 24)))),
+                           refinement_steps=None if trained else int(round(float(state.get("refinement_steps", 16)))))
+    ossnet = OSSNetOptions(resolution=float(state.get("resolution", 1.0)))
+    return mednca, ossnet

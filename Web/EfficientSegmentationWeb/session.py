@@ -31,7 +31,7 @@ from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.panel_state import FINISH, RunSummary, SegmentPanel
 from EfficientSegmentationCommon.progress import SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
-from EfficientSegmentationCommon.scene import load_volume
+from EfficientSegmentationCommon.scene import load_volume, name_from_path
 from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels
 from EfficientSegmentationCommon.volume_arrays import check_scalar_volume
 from MedNCASegmentLib import panel as mednca_panel
@@ -140,6 +140,7 @@ class SegmentationSession:
         left as it was."""
         with SceneTransaction(self.scene):
             node = load_volume(self.scene, path, name)
+            node.SetName(name or name_from_path(os.fspath(path)))  # the volumes logic may append "_1"
             check_scalar_volume(node)
         self.volumes[node.GetID()] = node
         return node

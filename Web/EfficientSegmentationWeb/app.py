@@ -100,18 +100,18 @@ class SegmentationWebApp(TrameApp):
     # -- state ------------------------------------------------------------------------------
 
     def _init_state(self) -> None:
-        models = self.session.models()
         state = self.state
-        state.model_items = [{"title": entry.title, "value": entry.id} for entry in models]
-        state.model_id = models[0].id if models else None
+        state.model_items = [{"title": entry.title, "value": entry.id} for entry in self.session.models()]
         state.data_files = list_data_files(self.data_dir)
-        state.data_file = None
-        state.runs, state.trained_steps, state.global_steps, state.refinement_steps = 10, True, 24, 16
-        state.resolution = 1.0
         self._reset_state()
 
     def _reset_state(self) -> None:
+        """The page as a new user finds it: nothing loaded, the first model, the panels' defaults."""
         state = self.state
+        state.model_id = state.model_items[0]["value"] if state.model_items else None
+        state.data_file = None
+        state.runs, state.trained_steps, state.global_steps, state.refinement_steps = 10, True, 24, 16
+        state.resolution = 1.0
         state.volume_items, state.input_0, state.input_1 = [], None, None
         state.load_message, state.loading = "", False
         state.segments, state.has_result, state.download_names = [], False, {}
@@ -129,14 +129,15 @@ class SegmentationWebApp(TrameApp):
         return {key: self.state[key] for key in ("runs", "trained_steps", "global_steps", "refinement_steps",
                                                  "resolution")}
 
-    def _model_changed(self, **_) -> None:
+    def _model_changed(self, keep_inputs: bool = False, **_) -> None:
+        """A new model: its input selectors, filled by name (a new volume: the current choices stay)."""
         entry = self._entry()
         state = self.state
         state.method = entry.method if entry else ""
         state.model_inputs = list(entry.inputs) if entry else []
         state.model_description = entry.description if entry else "No model installed."
         if entry:
-            chosen = self.session.guess_inputs(entry, self._input_ids())
+            chosen = self.session.guess_inputs(entry, self._input_ids() if keep_inputs else [])
             state.input_0, state.input_1 = (chosen + [None, None])[:2]
         self._inputs_changed()
 
@@ -188,7 +189,7 @@ class SegmentationWebApp(TrameApp):
         display = self.slicer_app.display_manager
         display.show_volume_in_slice_background(nodes[-1])
         display.reset_views()
-        self._model_changed()
+        self._model_changed(keep_inputs=True)
 
     def _load_paths(self, named_paths) -> None:
         """Load files, all or none: a bad file leaves the scene and the lists as they were."""
@@ -213,6 +214,8 @@ class SegmentationWebApp(TrameApp):
         with tempfile.TemporaryDirectory() as folder:
             paths = write_client_files_to_dir(files if isinstance(files, list) else [files], folder)
             self._load_paths([(path, None) for path in paths])
+            # name the user's file, not the server's temporary folder
+            self.state.load_message = self.state.load_message.replace(f"{folder}{os.sep}", "")
 
     def load_data_file(self) -> None:
         """The picked server-side file (only names listed from --data are accepted)."""

@@ -267,9 +267,24 @@ class SegmentationSession:
             return name, path.read_bytes()
 
     def _remove_result(self) -> None:
-        if self.result is not None and self.scene.IsNodePresent(self.result.segmentation):
-            self.scene.RemoveNode(self.result.segmentation)
+        if self.result is not None:
+            self._remove_node(self.result.segmentation)
         self.result, self.result_entry, self.result_summary, self.result_rows = None, None, None, []
+
+    def _remove_node(self, node) -> None:
+        """Remove a node with its display and storage nodes and its subject hierarchy item."""
+        if node is None or not self.scene.IsNodePresent(node):
+            return
+        hierarchy = self.scene.GetSubjectHierarchyNode()
+        item = hierarchy.GetItemByDataNode(node)
+        if item:
+            hierarchy.RemoveItem(item, False, False)
+        helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+        self.scene.RemoveNode(node)
+        for helper in helpers:
+            if helper is not None and self.scene.IsNodePresent(helper):
+                self.scene.RemoveNode(helper)
 
     def reset(self) -> None:
         """Forget everything: stop a run (its result is never written), remove this session's
@@ -280,8 +295,7 @@ class SegmentationSession:
         self._prepared = None
         self._remove_result()
         for node in self.volumes.values():
-            if self.scene.IsNodePresent(node):
-                self.scene.RemoveNode(node)
+            self._remove_node(node)
         self.volumes.clear()
         self.reference_volume = None
         for panel in self.panels.values():

@@ -1,0 +1,88 @@
+"""The web app's session core, headless (no browser, no trame): loading, inputs, a run, reset.
+
+The browser tests (test_web_app.py) check the page; these check the decisions behind it on the
+real data, and run wherever the project's core dependencies are installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import nibabel as nib
+import pytest
+from conftest import DATA_ROOT, hippocampus_paths
+from EfficientSegmentationCommon.background import JobState
+from EfficientSegmentationCommon.errors import InputVolumeError
+from EfficientSegmentationCommon.scene import create_scene
+from EfficientSegmentationWeb.session import MednCAOptions, OSSNetOptions, SegmentationSession, list_data_files
+
+BRATS_CASE = DATA_ROOT / "BraTS_sample" / "brats_2013_pat0006_1"
+
+
+def _node_ids(scene) -> list[str]:
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+@pytest.fixture
+def session():
+    return SegmentationSession(create_scene())
+
+
+def test_bad_files_raise_a_clear_error_and_leave_the_scene(session, tmp_path):
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not an image")
+    four_d = tmp_path / "series.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((6, 7, 8, 2), np.float32), np.eye(4)), four_d)
+    before = _node_ids(session.scene)
+    with pytest.raises(InputVolumeError, match="unreadable"):
+        session.load(broken)
+    with pytest.raises(InputVolumeError, match=r"'series.nii.gz' is a 4D image \(6 x 7 x 8 voxels x 2 volumes\)"):
+        session.load(four_d)
+    assert _node_ids(session.scene) == before and not session.volumes
+
+
+def test_inputs_are_recognised_by_name_and_a_missing_modality_is_named(session):
+    ossnet = session.entry("ossnet-brats-wholetumour")
+    flair = session.load(BRATS_CASE / "Flair_subtrMeanDivStd.nii.gz")
+    assert session.guess_inputs(ossnet, []) == [flair.GetID(), None]
+    assert session.inputs_problem(ossnet, [flair.GetID(), None]) == "Select the T1c volume."
+    t1c = session.load(BRATS_CASE / "T1c_subtrMeanDivStd.nii.gz")
+    assert session.guess_inputs(ossnet, []) == [flair.GetID(), t1c.GetID()]
+    assert session.inputs_problem(ossnet, [flair.GetID(), t1c.GetID()]) == ""
+
+
+def test_a_run_gives_rows_and_downloads_and_reset_removes_everything(session):
+    image, labels = hippocampus_paths("hippocampus_006")
+    before = _node_ids(session.scene)
+    volume = session.load(image)
+    mednca = session.entry("mednca2d-hippocampus")
+    session.start(mednca, session.guess_inputs(mednca, []), MednCAOptions(runs=1), OSSNetOptions())
+    assert session.wait() is JobState.FINISHED
+    assert [row.name for row in session.result_rows] == ["anterior hippocampus", "posterior hippocampus"]
+    truth = np.asarray(nib.load(str(labels)).dataobj)
+    spacing = nib.load(str(labels)).header.get_zooms()
+    truth_ml = float(np.count_nonzero(truth)) * float(np.prod(spacing)) / 1000
+    measured_ml = sum(row.volume_ml for row in session.result_rows)
+    assert abs(measured_ml - truth_ml) < 0.25 * truth_ml
+    name, data = session.download("nii.gz")
+    assert name == f"{volume.GetName()}_mednca.nii.gz" and data[:2] == b"\x1f\x8b"
+    session.reset()
+    assert _node_ids(session.scene) == before and session.result is None and not session.volumes
+
+
+def test_cancel_writes_nothing(session):
+    image, _ = hippocampus_paths("hippocampus_006")
+    session.load(image)
+    before = _node_ids(session.scene)
+    mednca = session.entry("mednca2d-hippocampus")
+    session.start(mednca, session.guess_inputs(mednca, []), MednCAOptions(runs=50), OSSNetOptions())
+    session.cancel()
+    assert session.wait() is JobState.CANCELLED
+    assert session.result is None and _node_ids(session.scene) == before
+
+
+def test_only_image_files_of_the_data_folder_are_offered(tmp_path):
+    (tmp_path / "case").mkdir()
+    for name in ("case/a.nii.gz", "b.nrrd", "notes.txt", ".hidden.nii"):
+        (tmp_path / name).write_bytes(b"")
+    assert list_data_files(tmp_path) == ["b.nrrd", "case/a.nii.gz"]
+    assert list_data_files(None) == []

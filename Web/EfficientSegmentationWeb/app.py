@@ -327,7 +327,9 @@ class SegmentationWebApp(TrameApp):
                 html.Div("2. Model and inputs", classes="text-subtitle-2 mt-2")
                 v3.VSelect(id="model", label="Model", items=("model_items",), v_model=("model_id",), density="compact",
                            hide_details=True, disabled=("!settings_enabled",))
-                html.Div("{{ model_description }}", classes="text-caption")
+                with html.Details(classes="text-caption"):
+                    html.Summary("About this model")
+                    html.Div("{{ model_description }}")
                 for index in range(2):
                     v3.VSelect(id=f"input-{index}", v_if=f"model_inputs.length > {index}",
                                label=(f"model_inputs[{index}] + ' volume'",), items=("volume_items",),
@@ -357,14 +359,15 @@ class SegmentationWebApp(TrameApp):
                         with html.Tr():
                             html.Th("Segment", style="text-align: left")
                             html.Th("Volume (mL)")
-                            html.Th("Quality", v_if="segments.some(s => s.quality)")
+                            html.Th("NQM", v_if="segments.some(s => s.quality)", title="quality score: lower is better")
                         with html.Tr(v_for="s in segments", key="s.name", classes="segment-row"):
                             with html.Td():
                                 html.Span(style=("{background: s.color, display: 'inline-block', width: '12px', "
                                                  "height: '12px', marginRight: '6px', borderRadius: '2px'}",))
                                 html.Span("{{ s.name }}", classes="segment-name")
                             html.Td("{{ s.volume }}", style="text-align: right")
-                            html.Td("{{ s.quality }}", v_if="segments.some(s => s.quality)", style="text-align: right")
+                            html.Td("{{ s.quality }}", classes="segment-quality", style="text-align: right",
+                                    v_if="segments.some(s => s.quality)")
                     for fmt, text in (("seg.nrrd", "Download .seg.nrrd"), ("nii.gz", "Download NIfTI label map")):
                         v3.VBtn(text, id=f"download-{fmt.replace('.', '-')}", variant="outlined", block=True,
                                 prepend_icon="mdi-download", disabled=("running",),

@@ -13,7 +13,8 @@ from conftest import DATA_ROOT, hippocampus_paths
 from EfficientSegmentationCommon.background import JobState
 from EfficientSegmentationCommon.errors import InputVolumeError
 from EfficientSegmentationCommon.scene import create_scene
-from EfficientSegmentationWeb.session import MednCAOptions, OSSNetOptions, SegmentationSession, list_data_files
+from EfficientSegmentationWeb.session import SegmentationSession, list_data_files, page_defaults, settings_from_page
+from MedNCASegmentLib.settings import MedNCASettings
 
 BRATS_CASE = DATA_ROOT / "BraTS_sample" / "brats_2013_pat0006_1"
 
@@ -55,7 +56,7 @@ def test_a_run_gives_rows_and_downloads_and_reset_removes_everything(session):
     before = _node_ids(session.scene)
     volume = session.load(image)
     mednca = session.entry("mednca2d-hippocampus")
-    session.start(mednca, session.guess_inputs(mednca, []), MednCAOptions(runs=1), OSSNetOptions())
+    session.start(mednca, session.guess_inputs(mednca, []), MedNCASettings(model=mednca.id, runs=1))
     assert session.wait() is JobState.FINISHED
     assert [row.name for row in session.result_rows] == ["anterior hippocampus", "posterior hippocampus"]
     truth = np.asarray(nib.load(str(labels)).dataobj)
@@ -74,7 +75,7 @@ def test_cancel_writes_nothing(session):
     session.load(image)
     before = _node_ids(session.scene)
     mednca = session.entry("mednca2d-hippocampus")
-    session.start(mednca, session.guess_inputs(mednca, []), MednCAOptions(runs=50), OSSNetOptions())
+    session.start(mednca, session.guess_inputs(mednca, []), MedNCASettings(model=mednca.id, runs=50))
     session.cancel()
     assert session.wait() is JobState.CANCELLED
     assert session.result is None and _node_ids(session.scene) == before
@@ -86,3 +87,17 @@ def test_only_image_files_of_the_data_folder_are_offered(tmp_path):
         (tmp_path / name).write_bytes(b"")
     assert list_data_files(tmp_path) == ["b.nrrd", "case/a.nii.gz"]
     assert list_data_files(None) == []
+
+
+def test_page_values_become_the_methods_settings(session):
+    mednca, ossnet = session.entry("mednca2d-hippocampus"), session.entry("ossnet-brats-wholetumour")
+    values = page_defaults()
+    assert settings_from_page(mednca, values) == MedNCASettings(model=mednca.id)  # trained steps, 10 runs
+    values.update(runs="3", trained_steps=False, global_steps=20, refinement_steps="12")
+    chosen = settings_from_page(mednca, values)
+    assert (chosen.runs, chosen.global_steps, chosen.refinement_steps) == (3, 20, 12)
+    assert settings_from_page(ossnet, dict(values, resolution="2")).resolution == 2.0
+    with pytest.raises(ValueError, match="runs"):
+        settings_from_page(mednca, dict(values, runs=0))
+    with pytest.raises(ValueError, match="resolution must be a number"):
+        settings_from_page(ossnet, dict(values, resolution=""))

@@ -25,9 +25,12 @@ import tempfile
 from pathlib import Path
 
 from EfficientSegmentationCommon.errors import InputVolumeError
+from MedNCASegmentLib.settings import MedNCASettings
+from OSSNetSegmentLib.settings import OSSNetSettings
 from EfficientSegmentationCommon.background import JobState
 
-from .session import DOWNLOAD_FORMATS, SegmentationSession, list_data_files, options_from_state
+from .session import (DOWNLOAD_FORMATS, SegmentationSession, list_data_files, page_defaults, settings_from_page,
+                      slider_range)
 
 try:
     from trame.app import TrameApp
@@ -110,8 +113,7 @@ class SegmentationWebApp(TrameApp):
         state = self.state
         state.model_id = state.model_items[0]["value"] if state.model_items else None
         state.data_file = None
-        state.runs, state.trained_steps, state.global_steps, state.refinement_steps = 10, True, 24, 16
-        state.resolution = 1.0
+        state.update(page_defaults())
         state.volume_items, state.input_0, state.input_1 = [], None, None
         state.load_message, state.loading = "", False
         state.segments, state.has_result, state.download_names = [], False, {}
@@ -157,8 +159,14 @@ class SegmentationWebApp(TrameApp):
         entry = self._entry()
         state = self.state
         reference = self.session.volume(state.input_0)
-        state.resolution_text = "" if entry is None or entry.method != "ossnet" or reference is None else resolution_text(
-            reference, None, len(entry.inputs), float(state.resolution), options_from_state(self._settings())[1].chunk_size)
+        if entry is None or entry.method != "ossnet" or reference is None:
+            state.resolution_text = ""
+            return
+        try:
+            state.resolution_text = resolution_text(reference, None, len(entry.inputs),
+                                                    settings_from_page(entry, self._settings()))
+        except ValueError as error:  # e.g. a resolution typed out of range
+            state.resolution_text = str(error)
 
     def _sync_panel(self) -> None:
         """Copy the panel's view-model onto the page (as the Slicer widget copies it onto Qt)."""
@@ -239,8 +247,13 @@ class SegmentationWebApp(TrameApp):
         entry = self._entry()
         if entry is None:
             return
-        mednca, ossnet = options_from_state(self._settings())
-        self.session.start(entry, self._input_ids(), mednca, ossnet)
+        try:
+            settings = settings_from_page(entry, self._settings())
+        except ValueError as error:
+            self.session.panel.set_input_problem(str(error))
+            self._sync_panel()
+            return
+        self.session.start(entry, self._input_ids(), settings)
         self._sync_panel()
         if self.session.panel.active:
             self._watcher = asyncio.ensure_future(self._watch())
@@ -337,14 +350,14 @@ class SegmentationWebApp(TrameApp):
                                disabled=("!settings_enabled",))
                 html.Div("3. Settings", classes="text-subtitle-2 mt-2")
                 with html.Div(v_if="method == 'mednca'"):
-                    self._slider("runs", "Stochastic runs (more: steadier, quality score; slower)", 1, 50, 1)
+                    self._slider(MedNCASettings, "runs", "Stochastic runs (more: steadier, quality score; slower)", 1)
                     v3.VCheckbox(id="trained-steps", label="Trained steps", v_model=("trained_steps",),
                                  density="compact", hide_details=True, disabled=("!settings_enabled",))
                     with html.Div(v_if="!trained_steps"):
-                        self._slider("global_steps", "Global steps", 0, 100, 1)
-                        self._slider("refinement_steps", "Refinement steps", 0, 100, 1)
+                        self._slider(MedNCASettings, "global_steps", "Global steps", 1)
+                        self._slider(MedNCASettings, "refinement_steps", "Refinement steps", 1)
                 with html.Div(v_if="method == 'ossnet'"):
-                    self._slider("resolution", "Output resolution (x the input's)", 0.25, 4, 0.25)
+                    self._slider(OSSNetSettings, "resolution", "Output resolution (x the input's)", 0.25)
                     html.Div("{{ resolution_text }}", id="resolution-text", classes="text-caption")
                 v3.VBtn("{{ button_text }}", id="segment", color=("running ? 'warning' : 'primary'",), block=True,
                         disabled=("!button_enabled",), click=self.segment_or_cancel, classes="mt-2")
@@ -377,7 +390,11 @@ class SegmentationWebApp(TrameApp):
                 with html.Div(style="height: calc(100vh - 64px); position: relative;"):
                     self.layout_manager.initialize_layout_grid(layout)
 
-    def _slider(self, name: str, label: str, low: float, high: float, step: float) -> AbstractElement:
+    def _slider(self, settings_class: type, name: str, label: str, step: float) -> AbstractElement:
+        """A slider with a number field beside it, over the setting's declared range."""
+        low, high = slider_range(settings_class, name)
+        low = low if low is not None else 0
+        high = high if high is not None else 100
         html.Div(label, classes="text-caption mt-1")
         with html.Div(classes="d-flex align-center ga-2"):
             v3.VSlider(v_model=(name,), min=low, max=high, step=step, density="compact", hide_details=True,

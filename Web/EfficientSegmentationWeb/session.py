@@ -19,9 +19,8 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from EfficientSegmentationCommon.background import BackgroundJob, JobState
@@ -32,36 +31,20 @@ from EfficientSegmentationCommon.panel_state import FINISH, RunSummary, SegmentP
 from EfficientSegmentationCommon.progress import SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
 from EfficientSegmentationCommon.scene import load_volume, name_from_path
-from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels
+from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels, save_labelmap
 from EfficientSegmentationCommon.volume_arrays import check_scalar_volume
 from MedNCASegmentLib import panel as mednca_panel
 from MedNCASegmentLib.logic import MedNCASegmentLogic
 from OSSNetSegmentLib import panel as ossnet_panel
 from OSSNetSegmentLib.input_names import is_input
+from MedNCASegmentLib.settings import MedNCASettings
 from OSSNetSegmentLib.logic import OSSNetSegmentLogic
-from OSSNetSegmentLib.resolution import DEFAULT_CHUNK_SIZE
+from OSSNetSegmentLib.settings import OSSNetSettings
 
 # Share of the progress bar for the computation; the rest is writing the result (as in the panels).
 COMPUTE_SHARE = 0.9
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 DOWNLOAD_FORMATS = ("seg.nrrd", "nii.gz")
-
-
-@dataclass(frozen=True)
-class MednCAOptions:
-    """The Med-NCA sliders: stochastic runs, and the stage steps (None: the model's trained values)."""
-
-    runs: int = 10
-    global_steps: int | None = None
-    refinement_steps: int | None = None
-
-
-@dataclass(frozen=True)
-class OSSNetOptions:
-    """The OSS-Net slider: output resolution as a factor of the input's (2: twice as fine)."""
-
-    resolution: float = 1.0
-    chunk_size: int = DEFAULT_CHUNK_SIZE
 
 
 @dataclass(frozen=True)
@@ -107,8 +90,7 @@ class SegmentationSession:
     def __init__(self, scene) -> None:
         self.scene = scene
         self.logics = {"mednca": MedNCASegmentLogic(scene), "ossnet": OSSNetSegmentLogic(scene)}
-        self.panels = {"mednca": SegmentPanel("Segment", stage_names=mednca_panel.STAGE_NAMES),
-                       "ossnet": SegmentPanel("Segment")}
+        self.panels = {"mednca": SegmentPanel("Segment"), "ossnet": SegmentPanel("Segment")}
         self.panel = self.panels["mednca"]
         self.volumes: dict[str, object] = {}  # node id -> volume node loaded by this session
         self.result = None  # the logic's result of the last finished run
@@ -118,7 +100,6 @@ class SegmentationSession:
         self.reference_volume = None
         self._job = BackgroundJob()
         self._prepared = None  # (logic, job) of the running computation
-        self._runs = 1
 
     # -- models -------------------------------------------------------------------------------
 
@@ -174,28 +155,24 @@ class SegmentationSession:
 
     # -- running ------------------------------------------------------------------------------
 
-    def start(self, entry: ModelEntry, input_ids: Sequence[str | None], mednca: MednCAOptions,
-              ossnet: OSSNetOptions) -> None:
-        """Check the inputs and start the computation in a worker thread. An input problem puts
-        the panel's status line (a bad setting: *failed*); nothing is added to the scene."""
+    def start(self, entry: ModelEntry, input_ids: Sequence[str | None], settings) -> None:
+        """Check the inputs and start the computation in a worker thread. ``settings``: the
+        method's ``MedNCASettings`` or ``OSSNetSettings`` (see ``settings_from_page``). An input
+        problem becomes the panel's status line, Segment stays disabled and nothing is added."""
         self.panel = self.panels[entry.method]
         problem = self.inputs_problem(entry, input_ids)
         self.panel.set_input_problem(problem)
-        if problem:  # shown as the panel's status line; Segment stays disabled
+        if problem:
             return
         self.panel.start()
         logic = self.logics[entry.method]
         volumes = [self.volume(node_id) for node_id in input_ids]
         try:
-            if entry.method == "mednca":
-                job = logic.prepare(volumes[0], **mednca_panel.segment_arguments(_mednca_parameters(entry, mednca)))
-                self._runs = mednca.runs
-            else:
-                job = logic.prepare(volumes, **ossnet_panel.segment_arguments(_ossnet_parameters(entry, ossnet)))
+            job = logic.prepare(volumes[0] if entry.method == "mednca" else volumes, settings)
         except (InputVolumeError, ValueError) as error:
             self.panel.failed(str(error))
             return
-        self._prepared = (logic, job, entry)
+        self._prepared = (logic, job, entry, settings)
         self._job.start(lambda progress, cancel: logic.compute(job, scaled(progress, 0.0, COMPUTE_SHARE), cancel))
 
     def cancel(self) -> None:
@@ -210,14 +187,14 @@ class SegmentationSession:
             return self.panel.state
         status = self._job.poll()
         if self.panel.update(status) == FINISH:
-            logic, job, entry = self._prepared
+            logic, job, entry, settings = self._prepared
             self._prepared = None
             try:
                 result = logic.finish(job, status.result, scaled(self.panel.report, COMPUTE_SHARE, 1.0))
             except Exception as error:  # the logic's finish leaves the scene as it was
                 self.panel.failed(str(error))
             else:
-                self._accept(entry, job, result)
+                self._accept(entry, job, result, settings)
         elif not self.panel.active:
             self._prepared = None
         return self.panel.state
@@ -227,29 +204,25 @@ class SegmentationSession:
         self._job.wait(timeout)
         return self.poll()
 
-    def _accept(self, entry: ModelEntry, job, result) -> None:
+    def _accept(self, entry: ModelEntry, job, result, settings) -> None:
         """A finished run: replace the previous result with it and summarise it."""
         self._remove_result()
         self.result, self.result_entry = result, entry
         self.reference_volume = job.input_volume if entry.method == "mednca" else job.input_volumes[0]
         if entry.method == "mednca":
-            summary = mednca_panel.run_summary(result, self._runs)
+            summary = mednca_panel.run_summary(result, settings.runs)
         else:
             summary = ossnet_panel.run_summary(result)
         self.result_summary = summary
         self.result_rows = self._rows(entry, result, summary)
         self.panel.finished(summary)
 
-    def _rows(self, entry: ModelEntry, result, summary: RunSummary) -> list[SegmentRow]:
+    @staticmethod
+    def _rows(entry: ModelEntry, result, summary: RunSummary) -> list[SegmentRow]:
         """Segment names, colours, volumes (mL, on the grid the result was computed on) and scores."""
-        labels = getattr(result, "labels", None)
-        if labels is not None:
-            geometry = result.geometry
-        else:
-            labels = export_segmentation_labels(self.scene, result.segmentation, self.reference_volume, entry.segments)
-            geometry = VolumeGeometry.from_volume_node(self.reference_volume)
-        voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
-        return [SegmentRow(spec.name, hex_color(spec.color), int(np.count_nonzero(labels == spec.label_value)) * voxel_ml,
+        voxel_ml = float(np.prod(result.geometry.spacing)) / 1000.0
+        return [SegmentRow(spec.name, hex_color(spec.color),
+                           int(np.count_nonzero(result.labels == spec.label_value)) * voxel_ml,
                            summary.quality.get(spec.name)) for spec in entry.segments]
 
     # -- result -------------------------------------------------------------------------------
@@ -262,8 +235,14 @@ class SegmentationSession:
             raise ValueError(f"unknown format '{fmt}'; choose one of {', '.join(DOWNLOAD_FORMATS)}")
         name = f"{self.reference_volume.GetName()}_{self.result_entry.method}.{fmt}"
         with tempfile.TemporaryDirectory() as folder:
-            path = write_result(self.scene, self.result.segmentation, self.reference_volume, self.result_entry.segments,
-                                Path(folder) / name)
+            path = Path(folder) / name
+            input_grid = VolumeGeometry.from_volume_node(self.reference_volume)
+            if fmt == "seg.nrrd" or self.result.geometry.matches(input_grid, atol=1e-4):
+                write_result(self.result, path)
+            else:  # a finer or coarser output grid (OSS-Net): the label map comes on the input's grid
+                labels = export_segmentation_labels(self.scene, self.result.segmentation, self.reference_volume,
+                                                    self.result_entry.segments)
+                save_labelmap(labels.astype(np.uint8), input_grid, path)
             return name, path.read_bytes()
 
     def _remove_result(self) -> None:
@@ -328,26 +307,36 @@ def _volume_problem(volume) -> str:
     return ""
 
 
-def _mednca_parameters(entry: ModelEntry, options: MednCAOptions) -> SimpleNamespace:
-    """The Med-NCA panel's parameter node fields for these options (see ``MedNCASegmentLib.panel``)."""
-    trained = options.global_steps is None and options.refinement_steps is None
-    return SimpleNamespace(model=entry.id, useTrainedSettings=trained, globalSteps=options.global_steps or 0,
-                           refinementSteps=options.refinement_steps or 0, downscale=0, runs=options.runs,
-                           device="cpu", inputROI=None, outputSegmentation=None, createUncertaintyVolume=False,
-                           seed=0, keepLargestComponent=True)
+def settings_from_page(entry: ModelEntry, values: Mapping):
+    """The run's settings for ``entry`` from the page's values: ``runs``, ``trained_steps``,
+    ``global_steps``, ``refinement_steps`` (Med-NCA) or ``resolution`` (OSS-Net). Numbers may
+    arrive as strings from text fields. ValueError (naming the option and its range) for a bad value."""
+    def number(name: str) -> float:
+        try:
+            return float(values[name])
+        except (TypeError, ValueError):
+            raise ValueError(f"{name.replace('_', ' ')} must be a number, got '{values[name]}'") from None
+
+    if entry.method == "mednca":
+        trained = bool(values["trained_steps"])
+        return MedNCASettings(model=entry.id, runs=int(round(number("runs"))),
+                              global_steps=None if trained else int(round(number("global_steps"))),
+                              refinement_steps=None if trained else int(round(number("refinement_steps"))))
+    return OSSNetSettings(model=entry.id, resolution=number("resolution"))
 
 
-def _ossnet_parameters(entry: ModelEntry, options: OSSNetOptions) -> SimpleNamespace:
-    """The OSS-Net panel's parameter node fields for these options (see ``OSSNetSegmentLib.panel``)."""
-    return SimpleNamespace(model=entry.id, resolution=options.resolution, chunkSize=options.chunk_size,
-                           device="cpu", inputROI=None, outputSegmentation=None)
+def slider_range(settings_class: type, name: str) -> tuple[float, float]:
+    """A setting's valid range, as its settings class declares it (the panels' slider ranges)."""
+    for field in fields(settings_class):
+        if field.name == name:
+            return field.metadata["range"]
+    raise KeyError(name)
 
 
-def options_from_state(state: Mapping) -> tuple[MednCAOptions, OSSNetOptions]:
-    """Options from the page's values (numbers may arrive as strings from text fields)."""
-    trained = bool(state.get("trained_steps", True))
-    mednca = MednCAOptions(runs=max(1, int(round(float(state.get("runs", 10))))),
-                           global_steps=None if trained else int(round(float(state.get("global_steps", 24)))),
-                           refinement_steps=None if trained else int(round(float(state.get("refinement_steps", 16)))))
-    ossnet = OSSNetOptions(resolution=float(state.get("resolution", 1.0)))
-    return mednca, ossnet
+def page_defaults() -> dict:
+    """The page's initial setting values: the settings' defaults, and the panels' for the trained stage steps."""
+    mednca = {field.name: field for field in fields(MedNCASettings)}
+    return {"runs": MedNCASettings().runs, "trained_steps": True,
+            "global_steps": mednca["global_steps"].metadata["panel_default"],
+            "refinement_steps": mednca["refinement_steps"].metadata["panel_default"],
+            "resolution": OSSNetSettings().resolution}

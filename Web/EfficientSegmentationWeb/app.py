@@ -55,6 +55,7 @@ BUSY_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>Efficient
 <p>It serves one person at a time, so that nobody sees another's images. This page tries again every
 15 seconds; it opens as soon as the other person closes their page.</p></body></html>"""
 VIEW_LAYOUT = "Quad View"
+SETTING_KEYS = ("runs", "trained_steps", "global_steps", "refinement_steps", "resolution")  # see settings_from_page
 
 
 class SessionGate:
@@ -128,8 +129,7 @@ class SegmentationWebApp(TrameApp):
         return [self.state.input_0, self.state.input_1][:len(entry.inputs)] if entry else []
 
     def _settings(self) -> dict:
-        return {key: self.state[key] for key in ("runs", "trained_steps", "global_steps", "refinement_steps",
-                                                 "resolution")}
+        return {key: self.state[key] for key in SETTING_KEYS}
 
     def _model_changed(self, keep_inputs: bool = False, **_) -> None:
         """A new model: its input selectors, filled by name (a new volume: the current choices stay)."""
@@ -148,6 +148,11 @@ class SegmentationWebApp(TrameApp):
         if entry is None:
             return
         problem = self.session.inputs_problem(entry, self._input_ids()) if self.session.volumes else "Load a volume first."
+        if not problem:
+            try:
+                settings_from_page(entry, self._settings())
+            except ValueError as error:  # e.g. a number typed out of range
+                problem = str(error)
         self.session.panels[entry.method].set_input_problem(problem)
         self.session.panel = self.session.panels[entry.method]
         self._resolution_changed()
@@ -247,13 +252,7 @@ class SegmentationWebApp(TrameApp):
         entry = self._entry()
         if entry is None:
             return
-        try:
-            settings = settings_from_page(entry, self._settings())
-        except ValueError as error:
-            self.session.panel.set_input_problem(str(error))
-            self._sync_panel()
-            return
-        self.session.start(entry, self._input_ids(), settings)
+        self.session.start(entry, self._input_ids(), settings_from_page(entry, self._settings()))
         self._sync_panel()
         if self.session.panel.active:
             self._watcher = asyncio.ensure_future(self._watch())
@@ -320,8 +319,7 @@ class SegmentationWebApp(TrameApp):
     def _build_ui(self) -> None:
         state, ctrl = self.state, self.server.controller
         state.change("model_id")(self._model_changed)
-        state.change("input_0", "input_1")(self._inputs_changed)
-        state.change("resolution")(self._resolution_changed)
+        state.change("input_0", "input_1", *SETTING_KEYS)(self._inputs_changed)
         upload = ctrl.trigger_name(self.load_uploads)
         download = ctrl.trigger_name(self.download)
         with SinglePageWithDrawerLayout(self.server, width=380) as layout:

@@ -149,6 +149,11 @@ class AppPage:
         self.context.close()
 
 
+def _record(name: str, line: str) -> None:
+    """Keep a measured figure beside the screenshots (Testing/Web/artifacts/<name>_dice.txt)."""
+    (ARTIFACTS / f"{name}_dice.txt").write_text(line + "\n")
+
+
 def _label_map(path: Path) -> np.ndarray:
     """A NIfTI label map as a KJI array."""
     return np.asarray(nib.load(str(path)).dataobj).transpose(2, 1, 0)
@@ -197,6 +202,7 @@ def test_mednca_upload_segment_download_matches_the_logic(server, browser, tmp_p
     assert set(np.unique(predicted)) <= {0, 1, 2}
     measured = dice(predicted > 0, truth > 0)
     reference = _reference_mednca_dice(runs=RUNS)
+    _record("mednca", f"{HIPPOCAMPUS_CASE}, {RUNS} runs: web Dice {measured:.4f}, logic {reference:.4f}")
     assert abs(measured - reference) <= 0.02, f"web Dice {measured:.4f}, logic {reference:.4f}"
     assert measured > 0.8
     assert segmentation.stat().st_size > 0 and segmentation.read_bytes().startswith(b"NRRD")
@@ -261,7 +267,13 @@ def test_second_session_is_told_busy_and_never_sees_the_first(server, browser):
         page.goto(server)
         assert "Someone else is using this segmentation server" in page.inner_text("#busy")
         page.screenshot(path=str(ARTIFACTS / "session_second_busy.png"))
+        # Going round the busy page to the app itself: its connection is closed, so nothing of the
+        # first session (the page is built from the server's state) ever reaches it.
+        page.goto(server + "index.html")
+        page.wait_for_timeout(5000)
+        assert page.locator("#segment").count() == 0 and "hippocampus" not in page.content()
         other.close()
+        assert first.page.locator("#segment:not([disabled])").count() == 1  # the first session carries on
     finally:
         first.close()
     after = AppPage(browser, server, "session_next")
@@ -306,5 +318,7 @@ def test_ossnet_at_twice_the_resolution_from_the_data_folder(server, browser, tm
     truth = _label_map(BRATS_CASE / "OTMultiClass.nii.gz") > 0
     assert predicted.shape == truth.shape  # on the input grid, not the 0.5 mm one
     measured, card = dice(predicted == 1, truth), _card_dice_at_half_mm()
+    _record("ossnet", f"brats_2013_pat0006_1 at 0.5 mm, label map on the input grid: web Dice {measured:.4f}, "
+                      f"model card {card}")
     assert abs(measured - card) <= 0.02, f"web Dice {measured:.4f}, model card at 0.5 mm {card}"
 

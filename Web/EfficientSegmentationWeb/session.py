@@ -5,9 +5,10 @@ headless. It drives the same library logic classes as the Slicer panels and the 
 same three phases: ``prepare`` reads the scene (main thread, here the server's event loop),
 ``compute`` runs the model in a ``BackgroundJob`` worker thread, ``finish`` writes the result
 into the scene (main thread again). What the user sees of a run (button, progress text,
-result line) comes from the shared ``panel_state.SegmentPanel``, and the mapping of settings to
-``prepare`` arguments and of results to summaries from each module's ``panel`` module: the
-rules are the panels', not copies.
+result line) comes from the shared ``panel_state.SegmentPanel``; the settings are the methods'
+own ``MedNCASettings``/``OSSNetSettings`` (their ranges, defaults and validation), and the input
+check, resolution line and run summaries come from each module's ``panel`` module: the rules
+are the panels', not copies.
 
 A failed load or run leaves the scene as it was (``SceneTransaction`` and the logic's own
 all-or-nothing ``finish``); ``reset`` removes everything this session added, so the next user

@@ -89,21 +89,32 @@ def _volumes_logic(scene):
 
 
 def load_volume(scene, path: str | os.PathLike, name: str | None = None):
-    """Load an image file (NIfTI, NRRD, MetaImage, ...) as a volume node, geometry intact.
+    """Load an image file (NIfTI, NRRD, MetaImage, ...) as a volume node, placed as nibabel and
+    FSL place it.
 
-    Raises ``InputVolumeError`` naming the file when it is missing or cannot be read, instead
-    of the ``None`` that ``AddArchetypeVolume`` returns. The node is a
-    ``vtkMRMLScalarVolumeNode`` (a vector volume for multi-component files, which
-    ``volume_arrays.check_scalar_volume`` then rejects).
+    The file is checked first (``input_files.inspect_file``): a missing, damaged (cut short),
+    4D or multi-component file, one with NaN or infinite voxels or without orientation raises
+    ``InputVolumeError`` naming the file and the problem, and adds nothing to the scene. A NIfTI
+    file whose sform and qform differ is placed by the sform (see ``input_files``); the node
+    keeps the voxel order Slicer's reader gives it (the K axis of a left-handed grid reversed),
+    and ``input_files.save_labels_nifti`` writes results back onto the file's own grid.
     """
+    from .input_files import conform_node, inspect_file, quiet_vtk
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputVolumeError(f"Cannot load volume file '{path}': no such file.")
-    node = _volumes_logic(scene).AddArchetypeVolume(path, name or name_from_path(path), 0)
+    report = inspect_file(path)
+    if report is not None and report.problem:
+        raise InputVolumeError(report.problem)
+    with quiet_vtk():
+        node = _volumes_logic(scene).AddArchetypeVolume(path, name or name_from_path(path), 0)
     if node is None:
         raise InputVolumeError(
             f"Cannot load volume file '{path}': it is unreadable, damaged or not an image format Slicer reads."
         )
+    if report is not None:
+        conform_node(node, report)
     return node
 
 

@@ -63,12 +63,52 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def check_device(device: str) -> None:
-    """Raise ValueError with a clear message when ``device`` cannot be used here."""
-    if device == "cpu":
-        return
-    if device.startswith("cuda"):
-        if not cuda_available():
-            raise ValueError("No CUDA GPU can be used by PyTorch on this computer; choose the CPU device.")
-        return
-    raise ValueError(f"Unknown device '{device}'; use 'cpu' or 'cuda'.")
+def available_devices() -> list[str]:
+    """The torch devices this process can use: "cpu", then "cuda:0", "cuda:1", ... (imports torch
+    when it is installed)."""
+    devices = ["cpu"]
+    if cuda_available():
+        import torch
+
+        devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    return devices
+
+
+def check_device(device: str) -> str:
+    """The torch device string for ``device`` ("cpu", "cuda", "cuda:N"; "gpu" means "cuda"),
+    checked once, up front, against what this computer has.
+
+    Raises ValueError with a message naming the device and what is available, e.g. on a
+    computer without CUDA: "Device 'cuda:1' cannot be used: PyTorch finds no CUDA GPU on this
+    computer (PyTorch 2.13.0+cpu). Available: cpu."
+    """
+    text = (device or "cpu").strip().lower()
+    if text == "gpu":
+        text = "cuda"
+    elif text.startswith("gpu:"):
+        text = "cuda:" + text[4:]
+    if text == "cpu":
+        return "cpu"
+    head, _, index = text.partition(":")
+    if head != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"Unknown device '{device}'; use 'cpu' or 'cuda' (or 'cuda:N' for GPU number N).")
+    available = available_devices()
+    if len(available) == 1:
+        raise ValueError(f"Device '{device}' cannot be used: {_no_cuda_reason()} Available: cpu.")
+    if index and f"cuda:{index}" not in available:
+        raise ValueError(f"Device '{device}' does not exist: this computer has {len(available) - 1} CUDA GPU(s). "
+                         f"Available: {', '.join(available)}.")
+    return text
+
+
+def _no_cuda_reason() -> str:
+    """Why torch cannot use CUDA here, for messages."""
+    if not torch_installed():
+        return "PyTorch is not installed."
+    try:
+        import torch
+    except Exception as error:
+        return f"PyTorch cannot be imported ({error})."
+    if torch.version.cuda is None:
+        return f"PyTorch finds no CUDA GPU on this computer (PyTorch {torch.__version__} is a CPU-only build)."
+    return f"PyTorch finds no CUDA GPU on this computer (no GPU or no driver; PyTorch {torch.__version__})."

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .scene import create_scene
-from .segmentation_output import save_labelmap, save_segmentation
+from .segmentation_output import save_segmentation
 from .settings import settings_from_arguments
 
 FORMATS = ("seg.nrrd", "nii.gz")
@@ -51,16 +52,76 @@ def output_path(output_dir: Path, name: str, fmt: str) -> Path:
     return Path(output_dir) / f"{name}.{fmt}"
 
 
-def write_result(result, path: Path) -> Path:
+def write_result(result, path: Path, reference_volume=None) -> Path:
     """Save a run's result (either method's: it has ``segmentation``, ``labels`` and ``geometry``)
     as a ``.seg.nrrd`` segmentation, or as a ``.nii.gz`` label map with the segments' label
-    values on the result's grid (the input's, or the output grid the user chose)."""
+    values: on the grid of the file ``reference_volume`` (the first input) was read from when
+    the result's grid is that grid up to axis order and flips (same shape, voxel order and
+    affine as the file; see ``input_files.save_labels_nifti``), else on the result's grid (an
+    output grid the user chose)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.name.endswith(".seg.nrrd"):
         save_segmentation(result.segmentation, path)
     else:
-        save_labelmap(result.labels.astype("uint8"), result.geometry, path)
+        write_labels(result.labels, result.geometry, path, reference_volume)
     return path
+
+
+def write_labels(labels_kji, geometry, path: Path, reference_volume=None) -> Path:
+    """Write a label map (KJI, on ``geometry``) to ``path`` (``.nii.gz``), on the grid of the file
+    ``reference_volume`` was read from when ``geometry`` is that grid up to axis order and flips
+    (exact voxel mapping), else on ``geometry``."""
+    from .input_files import inspect_file, save_labels_nifti, source_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source_path = source_file(reference_volume) if reference_volume is not None else None
+    source = inspect_file(source_path) if source_path else None
+    save_labels_nifti(labels_kji, geometry, path, source if source is not None and not source.problem else None)
+    return path
+
+
+def unique_names(items: Sequence[str], name_of: Callable[[str], str]) -> tuple[list[str], dict[str, str], list[str]]:
+    """Distinct inputs, a distinct output name for each, and notes saying what was changed.
+
+    ``name_of`` gives an input's natural name (its file name without extensions, or a case
+    folder's name). Inputs given twice (the same file) are kept once. Inputs of the same name
+    in different folders (``sub-01/anat/T1w.nii.gz``, ``sub-02/anat/T1w.nii.gz``) are named
+    after the folder names that differ (``sub-01_T1w``, ``sub-02_T1w``), so no output
+    overwrites another. Returns (items, {item: name}, notes).
+    """
+    notes, kept, seen = [], [], {}
+    for item in items:
+        real = os.path.realpath(item)
+        if real in seen:
+            notes.append(f"'{item}' was given more than once; it is segmented once.")
+            continue
+        seen[real] = item
+        kept.append(item)
+    names = {item: name_of(item) for item in kept}
+    groups = defaultdict(list)
+    for item in kept:
+        groups[names[item].lower()].append(item)  # case-insensitive file systems would collide too
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        folders = [Path(os.path.abspath(item)).parent.parts for item in group]
+        common_start = len(os.path.commonprefix(folders))
+        common_end = len(os.path.commonprefix([tuple(reversed(parts[common_start:])) for parts in folders]))
+        for item, parts in zip(group, folders, strict=True):
+            differing = parts[common_start:len(parts) - common_end]
+            names[item] = "_".join((*differing, names[item]))
+        notes.append(f"{len(group)} inputs are named '{name_of(group[0])}'; their outputs are named after the folders "
+                     f"that differ: {', '.join(names[item] for item in group)}.")
+    taken: set[str] = set()
+    for item in kept:  # still equal (e.g. case.nii.gz and case.nrrd in one folder): number them
+        name, number = names[item], 2
+        while name.lower() in taken:
+            name, number = f"{names[item]}_{number}", number + 1
+        if name != names[item]:
+            notes.append(f"'{item}' is written as '{name}': another input has its name.")
+            names[item] = name
+        taken.add(name.lower())
+    return kept, names, notes
 
 
 class ProgressBar:
@@ -94,14 +155,20 @@ class BatchOutcome:
     seconds: float = 0.0
 
 
-def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome]) -> int:
-    """Process every item, report each, print a summary; exit status 1 if any failed."""
+def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], names: dict[str, str] | None = None) -> int:
+    """Process every item, report each, print a summary; exit status 1 if any failed.
+
+    ``names`` (item -> name) names the items in the report (default: the item's base name).
+    """
+    from .errors import InputVolumeError
+
     outcomes = []
     for item in items:
         try:
             outcome = process(item)
         except Exception as error:  # one bad input must not stop the others
-            outcome = BatchOutcome(os.path.basename(item), False, f"{type(error).__name__}: {error}")
+            detail = str(error) if isinstance(error, InputVolumeError) else f"{type(error).__name__}: {error}"
+            outcome = BatchOutcome((names or {}).get(item, os.path.basename(item)), False, detail)
         outcomes.append(outcome)
         print(f"{'ok    ' if outcome.ok else 'FAILED'} {outcome.name}: {outcome.detail}", flush=True)
     succeeded = [o for o in outcomes if o.ok]

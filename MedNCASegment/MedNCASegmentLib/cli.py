@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from EfficientSegmentationCommon import batch
-from EfficientSegmentationCommon.scene import load_volume
+from EfficientSegmentationCommon.scene import load_volume, name_from_path
 from EfficientSegmentationCommon.settings import add_arguments
 
 from .logic import MedNCASegmentLogic
@@ -41,22 +41,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # an invalid setting or a model problem (ModelError)
         print(f"mednca-segment: {error}", file=sys.stderr)
         return 2
+    inputs, names, notes = batch.unique_names(args.inputs, name_from_path)
     print(f"model: {entry.id} ({entry.title}); {settings.runs} runs; output: {args.output_dir}", flush=True)
+    for note in notes:
+        print(f"note: {note}", flush=True)
 
     def process(path: str) -> batch.BatchOutcome:
-        volume = load_volume(scene, path)
+        volume = load_volume(scene, path, names[path])
         try:
             result = logic.segment(volume, settings, progressCallback=batch.ProgressBar(volume.GetName()))
-            written = batch.write_result(result, batch.output_path(args.output_dir, volume.GetName(), args.format))
+            written = batch.write_result(result, batch.output_path(args.output_dir, volume.GetName(), args.format),
+                                         volume)
             quality = ", ".join(f"{name} {score:.3f}" for name, score in result.quality.items())
             warning = " WARNING: likely failure" if result.likely_failure else ""
+            notes = "".join(f"; note: {w}" for w in result.warnings)
             return batch.BatchOutcome(volume.GetName(), True,
-                                f"{written} ({result.seconds:.1f} s; quality score NQM: {quality}){warning}",
+                                f"{written} ({result.seconds:.1f} s; quality score NQM: {quality}){warning}{notes}",
                                 result.seconds)
         finally:
             scene.Clear(0)  # keep memory flat over long batches
 
-    return batch.run_batch(args.inputs, process)
+    return batch.run_batch(inputs, process, names)
 
 
 if __name__ == "__main__":

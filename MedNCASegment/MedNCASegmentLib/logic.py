@@ -15,20 +15,24 @@ being overwritten gets its segments back), and the input volume is never modifie
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from EfficientSegmentationCommon.errors import describe_node
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import KJISlices, axis_aligned_grid, crop_to_roi, paste
+from EfficientSegmentationCommon.input_files import check_source_files
 from EfficientSegmentationCommon.model_choice import RegistryLogic
 from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
 from EfficientSegmentationCommon.resampling import resample
 from EfficientSegmentationCommon.segmentation_output import write_labels_to_segmentation, write_scalar_volume
 from EfficientSegmentationCommon.settings import settings_from_keywords
+from EfficientSegmentationCommon.torch_setup import check_device
 from EfficientSegmentationCommon.volume_arrays import array_from_volume
 
 from .preprocessing import normalize_intensity
@@ -49,6 +53,7 @@ class MedNCAJob:
     full_geometry: VolumeGeometry
     crop: KJISlices | None
     output_segmentation: object | None
+    notes: list[str] = field(default_factory=list)  # warnings about the input (its file), for the result
 
 
 @dataclass
@@ -132,19 +137,22 @@ class MedNCASegmentLogic(RegistryLogic):
                 outputSegmentation=None) -> MedNCAJob:
         """Check the inputs and copy what the computation needs out of the scene (main thread)."""
         settings = settings if settings is not None else MedNCASettings()
+        settings = dataclasses.replace(settings, device=check_device(settings.device))
         image, full_geometry = array_from_volume(inputVolume)
+        notes = check_source_files([inputVolume])  # the file it was read from: damage, transforms
         geometry, crop = full_geometry, None
         if roi is not None:
             crop, geometry = crop_to_roi(full_geometry, roi)
             image = image[crop]
         entry = self.model_entry(settings.model)
         return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image), geometry, full_geometry, crop,
-                         outputSegmentation)
+                         outputSegmentation, notes)
 
     def compute(self, job: MedNCAJob, progressCallback: ProgressCallback | None = None,
                 cancelRequest: CancelRequest | None = None) -> MedNCAComputed:
         """Run the model on the job's arrays; touches no MRML, so it may run in a worker thread."""
         from .inference import decode_labels, keep_largest_component, segment
+        from .input_size import check_size, minimum_size
 
         started = time.perf_counter()
         report = progressCallback or (lambda fraction, message: None)
@@ -159,8 +167,11 @@ class MedNCASegmentLogic(RegistryLogic):
         # The model works on an axis-aligned grid of its training spacing; results come back
         # onto the input grid by linear interpolation of the class probabilities.
         grid = axis_aligned_grid(job.geometry, job.entry.spacing)
+        settings, config = job.settings, network.config
+        downscale = config.downscale if settings.downscale is None else settings.downscale
+        check_size(grid.shape_kji, config.dims, minimum_size(downscale, config.global_kernel, config.refinement_kernel),
+                   grid.spacing, describe_node(job.input_volume))
         model_image = resample(job.image, job.geometry, grid, order=1)
-        settings = job.settings
         result = segment(network, model_image, normalized=True, progress=scaled(step, 0.02, 0.97),
                          **settings.inference_keywords())
         step(0.97, "Resampling to the input grid")
@@ -199,7 +210,7 @@ class MedNCASegmentLogic(RegistryLogic):
                 uncertainty = write_scalar_volume(self.scene, spread.astype(np.float32), job.full_geometry,
                                                   f"{volume.GetName()} Med-NCA uncertainty")
             cancel.raise_if_set()
-        result = MedNCAResult(node, labels, job.full_geometry, quality, uncertainty, computed.seconds,
+        result = MedNCAResult(node, labels, job.full_geometry, quality, uncertainty, computed.seconds, list(job.notes),
                               quality_warning_threshold=job.entry.quality_warning_threshold)
         if result.likely_failure:
             result.warnings.append(

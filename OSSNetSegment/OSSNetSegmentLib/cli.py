@@ -59,23 +59,38 @@ def case_files(folder: Path, inputs: Sequence[str]) -> list[Path]:
             raise InputVolumeError(f"Case folder {folder} must hold exactly one {name} volume "
                                    f"(a file name containing {' or '.join(fragments_of(name))}); found: {found}.")
         files.append(matches[0])
+    for index, file in enumerate(files):
+        if file in files[:index]:
+            raise InputVolumeError(f"In case folder {folder}, '{file.name}' is the only file for both "
+                                   f"{inputs[files.index(file)]} and {inputs[index]} (its name matches both): "
+                                   "give one 3D file per input, named after its sequence.")
     return files
 
 
-def cases(inputs: Sequence[str], model_inputs: Sequence[str]) -> list[tuple[str, list[Path]]]:
-    """(case name, input files) pairs: one case of files, or one per case folder."""
+def cases(inputs: Sequence[str], model_inputs: Sequence[str]) -> tuple[list[tuple[str, list[Path]]], list[str]]:
+    """(case name, input files) pairs, one case of files or one per case folder, and notes.
+
+    Case folders of the same name (``siteA/case1``, ``siteB/case1``) are named after the folder
+    names that differ (``siteA_case1``); a folder given twice is segmented once (see the notes).
+    """
     paths = [Path(p) for p in inputs]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise InputVolumeError(f"Input not found: {', '.join(missing)}.")
     if all(p.is_dir() for p in paths):
-        return [(p.name, case_files(p, model_inputs)) for p in paths]
+        folders, names, notes = batch.unique_names([str(p) for p in paths], lambda p: Path(p).name)
+        return [(names[folder], case_files(Path(folder), model_inputs)) for folder in folders], notes
     if any(p.is_dir() for p in paths):
         raise InputVolumeError("Give either the input files of one case or case folders, not both.")
     if len(paths) != len(model_inputs):
         raise InputVolumeError(f"The model needs {len(model_inputs)} input volumes, in this order: "
                                f"{', '.join(model_inputs)}; {len(paths)} given.")
-    return [(name_from_path(str(paths[0])), paths)]  # named like the volume node load_volume makes
+    real = [p.resolve() for p in paths]
+    for index, path in enumerate(real):
+        if path in real[:index]:
+            raise InputVolumeError(f"'{paths[index].name}' is given for both {model_inputs[real.index(path)]} and "
+                                   f"{model_inputs[index]}: give each input its own file.")
+    return [(name_from_path(str(paths[0])), paths)], []  # named like the volume node load_volume makes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         session = batch.start_command(args, OSSNetSegmentLogic, OSSNetSettings)
         scene, logic, settings, entry = session.scene, session.logic, session.settings, session.entry
-        work = dict(cases(args.input, entry.inputs))
+        work, notes = cases(args.input, entry.inputs)
+        work = dict(work)
     except ValueError as error:  # an invalid setting, a model problem (ModelError) or a bad input
         print(f"ossnet-segment: {error}", file=sys.stderr)
         return 2
@@ -93,12 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolution = f"{settings.resolution:g}x the input's"
     print(f"model: {entry.id} ({entry.title}); inputs {', '.join(entry.inputs)}; resolution {resolution}; "
           f"chunk {settings.chunk_size}; output: {args.output_dir}", flush=True)
+    for note in notes:
+        print(f"note: {note}", flush=True)
 
     def process(name: str) -> batch.BatchOutcome:
         volumes = [load_volume(scene, str(path)) for path in work[name]]
         try:
             result = logic.segment(volumes, settings, progressCallback=batch.ProgressBar(name))
-            path = batch.write_result(result, batch.output_path(args.output_dir, name, args.format))
+            # nii.gz: on the FLAIR file's own grid when the output grid is that grid
+            path = batch.write_result(result, batch.output_path(args.output_dir, name, args.format), volumes[0])
             grid = " x ".join(str(n) for n in result.geometry.shape_ijk)
             notes = "".join(f"; note: {w}" for w in result.warnings)
             return batch.BatchOutcome(name, True, f"{path} ({grid} voxels; {result.seconds:.1f} s; "
@@ -106,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             scene.Clear(0)  # keep memory flat over long batches
 
-    return batch.run_batch(list(work), process)
+    return batch.run_batch(list(work), process, {name: name for name in work})
 
 
 if __name__ == "__main__":

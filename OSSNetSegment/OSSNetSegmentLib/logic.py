@@ -20,6 +20,7 @@ segmentation lives on a grid finer or coarser than the input when the user asks 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from itertools import zip_longest
 from dataclasses import dataclass, field
@@ -30,12 +31,14 @@ import numpy as np
 from EfficientSegmentationCommon.errors import InputVolumeError, describe_node
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import KJISlices, crop_to_roi
+from EfficientSegmentationCommon.input_files import check_source_files
 from EfficientSegmentationCommon.model_choice import RegistryLogic
 from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
 from EfficientSegmentationCommon.resampling import resample
 from EfficientSegmentationCommon.segmentation_output import write_labels_to_segmentation
 from EfficientSegmentationCommon.settings import settings_from_keywords
+from EfficientSegmentationCommon.torch_setup import check_device
 from EfficientSegmentationCommon.volume_arrays import array_from_volume
 
 from .resolution import OutputGridPlan, plan_output_grid
@@ -141,12 +144,13 @@ class OSSNetSegmentLogic(RegistryLogic):
                 outputSegmentation=None) -> OSSNetJob:
         """Check the inputs and copy what the computation needs out of the scene (main thread)."""
         settings = settings if settings is not None else OSSNetSettings()
+        settings = dataclasses.replace(settings, device=check_device(settings.device))
         entry = self.model_entry(settings.model)
         volumes = [inputVolumes] if not isinstance(inputVolumes, (list, tuple)) else list(inputVolumes)
         self._check_count(volumes, entry)
         arrays = [array_from_volume(volume) for volume in volumes]  # checks each: 3D, scalar, finite
         reference_image, reference = arrays[0]
-        images, notes = [reference_image], []
+        images, notes = [reference_image], check_source_files(volumes)  # damaged files, transforms, one file twice
         for volume, (image, geometry), name in zip(volumes[1:], arrays[1:], entry.inputs[1:], strict=True):
             if not geometry.matches(reference, atol=1e-4):
                 if _overlap(reference, geometry) < MIN_OVERLAP:

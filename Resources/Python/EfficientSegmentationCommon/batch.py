@@ -6,6 +6,7 @@ with the file name, and the command exits non-zero at the end if any input faile
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections import defaultdict
@@ -16,6 +17,7 @@ from pathlib import Path
 from .scene import create_scene
 from .segmentation_output import save_segmentation
 from .settings import settings_from_arguments
+from .torch_setup import check_device
 
 FORMATS = ("seg.nrrd", "nii.gz")
 
@@ -33,8 +35,8 @@ class CommandSession:
 
 def start_command(arguments, logic_class: type, settings_class: type) -> CommandSession:
     """Set torch's threads (``--threads``), make the scene and logic, read the settings from the
-    flags and find the model. Raises ValueError (ModelError included) naming a bad setting or
-    model, before any input is read."""
+    flags, check the device and find the model. Raises ValueError (ModelError included) naming a
+    bad setting, device or model, before any input is read."""
     if getattr(arguments, "threads", None):
         import torch
 
@@ -42,6 +44,8 @@ def start_command(arguments, logic_class: type, settings_class: type) -> Command
     scene = create_scene()
     logic = logic_class(scene)
     settings = settings_from_arguments(settings_class, arguments)
+    if hasattr(settings, "device"):  # once, before any input (ValueError saying what is available)
+        settings = dataclasses.replace(settings, device=check_device(settings.device))
     return CommandSession(scene, logic, settings, logic.model_entry(settings.model))
 
 

@@ -1,0 +1,227 @@
+"""The issue-11 recipes through both commands and the logic API: each faulty input gives the right
+result on the input's own grid, or a named warning or error; outputs never overwrite each other
+and the counts printed are true.
+
+One Med-NCA batch (``--runs 1``) and one OSS-Net batch (``--spacing 4``) are run once per module
+over all recipes, so the file stays fast; each test checks one recipe's outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import tempfile
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pytest
+from conftest import DATA_ROOT, hippocampus_paths
+from EfficientSegmentationCommon.errors import InputVolumeError
+from EfficientSegmentationCommon.geometry import VolumeGeometry
+from EfficientSegmentationCommon.registry import ModelRegistry
+from EfficientSegmentationCommon.scene import create_scene, load_volume
+from EfficientSegmentationCommon.segmentation_output import write_scalar_volume
+from EfficientSegmentationCommon.torch_setup import available_devices
+from EfficientSegmentationCommon.volume_arrays import array_from_volume
+from MedNCASegmentLib import cli as mednca_cli
+from MedNCASegmentLib.logic import MedNCASegmentLogic
+from OSSNetSegmentLib import cli as ossnet_cli
+
+SHIFT_MM = np.array([20.0, -12.0, 7.0])
+BRATS_CASE = DATA_ROOT / "BraTS_sample" / "brats_2013_pat0006_1"
+FLAIR, T1C = "Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"
+# A device string that cannot be used here: CUDA when there is none, else a GPU number too high.
+MISSING_DEVICE = "cuda" if available_devices() == ["cpu"] else "cuda:99"
+
+
+def write(path: Path, array, header, qform, qform_code, sform, sform_code) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = nibabel.Nifti1Image(array, None, header.copy())
+    image.set_qform(qform, code=qform_code)
+    image.set_sform(sform, code=sform_code)
+    image.to_filename(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mednca_batch(tmp_path_factory):
+    """One ``mednca-segment --runs 1 --format nii.gz`` over the recipes, all named T1w or in
+    folders of their own: sub-01 the real case, sub-02 the same with K reversed (left-handed),
+    sub-03 with an sform 23.6 mm off the qform (code 2 vs 1), then files that must fail."""
+    root = tmp_path_factory.mktemp("mednca")
+    source = nibabel.load(str(hippocampus_paths("hippocampus_001")[0]))
+    array, header, affine = np.asarray(source.dataobj), source.header, source.affine
+    flip = np.diag([1.0, 1.0, -1.0, 1.0])
+    flip[2, 3] = array.shape[2] - 1
+    shifted = affine.copy()
+    shifted[:3, 3] += SHIFT_MM
+    files = {
+        "plain": write(root / "sub-01" / "anat" / "T1w.nii.gz", array, header, affine, 1, affine, 1),
+        "lefthanded": write(root / "sub-02" / "anat" / "T1w.nii.gz", np.ascontiguousarray(array[:, :, ::-1]), header,
+                            affine @ flip, 1, affine @ flip, 1),
+        "shifted": write(root / "sub-03" / "anat" / "T1w.nii.gz", array, header, affine, 1, shifted, 2),
+        "noorient": write(root / "bad" / "noorient.nii.gz", array, header, None, 0, None, 0),
+        "truncated": root / "bad" / "t.nii.gz",
+        "frames": root / "bad" / "frames.nii.gz",
+        "nan": root / "bad" / "nan.nii.gz",
+    }
+    files["truncated"].write_bytes(hippocampus_paths("hippocampus_001")[0].read_bytes()[:6000])
+    nibabel.Nifti1Image(np.stack([array, array], axis=-1), affine).to_filename(str(files["frames"]))
+    with_nan = array.astype(np.float32)
+    with_nan[1, 2, 3] = np.nan
+    nibabel.Nifti1Image(with_nan, affine).to_filename(str(files["nan"]))
+    out = root / "out"
+    argv = [str(p) for p in files.values()] + [str(files["plain"]), "-o", str(out), "--runs", "1",
+                                               "--format", "nii.gz", "--threads", "1"]
+    return files, out, argv
+
+
+@pytest.fixture(scope="module")
+def mednca_run(mednca_batch):
+    """The batch's exit status, its Python output (stdout, stderr), and what libraries wrote
+    straight to the process's file descriptors 1 and 2 (VTK, ITK)."""
+    files, out, argv = mednca_batch
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with tempfile.TemporaryFile() as native:
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(native.fileno(), 1)
+        os.dup2(native.fileno(), 2)
+        try:
+            with redirect_stdout(stdout), redirect_stderr(stderr):
+                status = mednca_cli.main(argv)
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+        native.seek(0)
+        library_output = native.read().decode(errors="replace")
+    return files, out, status, stdout.getvalue(), stderr.getvalue() + library_output
+
+
+def outcome_line(stdout: str, name: str) -> str:
+    (line,) = [line for line in stdout.splitlines() if re.match(rf"(ok    |FAILED) {re.escape(name)}:", line)]
+    return line
+
+
+def test_same_file_names_in_different_folders_get_distinct_outputs_and_true_counts(mednca_run):
+    files, out, status, stdout, _ = mednca_run
+    assert sorted(p.name for p in out.iterdir()) == ["sub-01_T1w.nii.gz", "sub-02_T1w.nii.gz", "sub-03_T1w.nii.gz"]
+    assert "3 inputs are named 'T1w'; their outputs are named after the folders that differ: " \
+           "sub-01_T1w, sub-02_T1w, sub-03_T1w" in stdout
+    assert "given more than once; it is segmented once" in stdout
+    assert "summary: 3 of 7 segmented, 4 failed" in stdout and status == 1
+
+
+def test_left_handed_input_gives_the_same_segmentation_on_its_own_grid(mednca_run):
+    files, out, _, stdout, _ = mednca_run
+    plain = nibabel.load(str(out / "sub-01_T1w.nii.gz"))
+    lefthanded = nibabel.load(str(out / "sub-02_T1w.nii.gz"))
+    source = nibabel.load(str(files["lefthanded"]))
+    assert lefthanded.shape == source.shape and np.allclose(lefthanded.affine, source.affine)
+    assert np.linalg.det(lefthanded.affine[:3, :3]) < 0
+    plain_labels = np.asarray(plain.dataobj)
+    assert plain_labels.max() == 2  # both hippocampus parts found
+    assert np.array_equal(np.asarray(lefthanded.dataobj), plain_labels[:, :, ::-1])
+
+
+def test_disagreeing_sform_places_the_result_with_a_warning_and_agreeing_transforms(mednca_run):
+    files, out, _, stdout, _ = mednca_run
+    result = nibabel.load(str(out / "sub-03_T1w.nii.gz"))
+    source = nibabel.load(str(files["shifted"]))
+    assert np.allclose(result.affine, source.affine)  # nibabel's (sform) placement
+    assert np.allclose(result.header.get_qform(), result.header.get_sform())
+    plain = np.asarray(nibabel.load(str(out / "sub-01_T1w.nii.gz")).dataobj)
+    assert np.array_equal(np.asarray(result.dataobj), plain)
+    line = outcome_line(stdout, "sub-03_T1w")
+    assert f"place the image up to {np.linalg.norm(SHIFT_MM):.1f} mm apart; it was placed by the sform" in line
+    assert "'T1w.nii.gz'" in line
+
+
+@pytest.mark.parametrize("name, message", [
+    ("noorient", "'noorient.nii.gz' has no orientation (its qform_code and sform_code are both 0)"),
+    ("t", "'t.nii.gz' is damaged: its voxel data cannot be read to the end"),
+    ("frames", "'frames.nii.gz' is a 4D image with 2 frames: give a 3D volume"),
+    ("nan", "'nan.nii.gz' contains 1 NaN and 0 infinite voxels"),
+])
+def test_faulty_files_fail_naming_the_file_without_library_noise(mednca_run, name, message):
+    _, out, _, stdout, stderr = mednca_run
+    assert message in outcome_line(stdout, name)
+    assert not any(p.name.startswith(name) for p in out.iterdir())
+    assert "vtk" not in (stdout + stderr).lower()
+
+
+def test_missing_device_is_refused_up_front_saying_what_is_available(mednca_batch, tmp_path, capsys):
+    files, _, _ = mednca_batch
+    out = tmp_path / "out"
+    assert mednca_cli.main([str(files["plain"]), "-o", str(out), "--device", MISSING_DEVICE]) == 2
+    assert "Available: cpu" in capsys.readouterr().err
+    assert not out.exists()
+    logic = MedNCASegmentLogic(create_scene())
+    volume = load_volume(logic.scene, files["plain"])
+    for device in (MISSING_DEVICE, "gpu" if MISSING_DEVICE == "cuda" else "cuda:7"):
+        with pytest.raises(ValueError, match="Available: cpu"):
+            logic.segment(volume, runs=1, device=device)
+
+
+def test_logic_reports_the_file_warning_in_the_result(mednca_batch):
+    files, _, _ = mednca_batch
+    logic = MedNCASegmentLogic(create_scene())
+    volume = load_volume(logic.scene, files["shifted"])
+    result = logic.segment(volume, runs=1, refinementSteps=1, globalSteps=1)
+    assert any("placed by the sform" in warning for warning in result.warnings)
+
+
+@pytest.mark.parametrize("shape_kji", [(34, 2, 35), (2, 2, 2), (35, 51, 4)])
+def test_volumes_too_thin_for_med_nca_say_the_minimum_size(shape_kji):
+    logic = MedNCASegmentLogic(create_scene())
+    volume = load_volume(logic.scene, hippocampus_paths("hippocampus_001")[0])
+    image, geometry = array_from_volume(volume)
+    thin = write_scalar_volume(logic.scene, np.ascontiguousarray(image[tuple(slice(0, n) for n in shape_kji)]),
+                               VolumeGeometry(geometry.ijk_to_ras, shape_kji), "thin")
+    with pytest.raises(InputVolumeError, match=r"'thin' is .* voxels \(R x A x S\) on the model's 1 x 1 x 1 mm grid; "
+                                               r"Med-NCA needs at least 5 voxels along A and R"):
+        logic.segment(thin, runs=1)
+
+
+@pytest.fixture(scope="module")
+def ossnet_registry():
+    weights = Path(ossnet_cli.__file__).resolve().parents[1] / "Resources" / "Models" / "ossnet_brats_wholetumour.pt"
+    shipped = ModelRegistry.default()
+    return ModelRegistry([dataclasses.replace(e, path=weights) if e.method == "ossnet" else e for e in shipped.entries])
+
+
+def test_ossnet_case_folders_of_the_same_name_and_one_file_for_two_inputs(tmp_path, capsys, monkeypatch, ossnet_registry):
+    """siteA/case1 and siteB/case1 give two outputs; a folder whose one file holds both sequences
+    (its name matching both inputs), or one file given twice, is refused instead of feeding that
+    file to both inputs; a missing device is refused before anything runs."""
+    monkeypatch.setattr(ModelRegistry, "default", classmethod(lambda cls: ossnet_registry))
+    for site in ("siteA", "siteB"):
+        folder = tmp_path / site / "case1"
+        folder.mkdir(parents=True)
+        for name in (FLAIR, T1C):
+            os.symlink(BRATS_CASE / name, folder / name)
+    out = tmp_path / "out"
+    argv = ["--input", str(tmp_path / "siteA" / "case1"), str(tmp_path / "siteB" / "case1"),
+            "-o", str(out), "--format", "nii.gz", "--spacing", "4", "--threads", "1"]
+    assert ossnet_cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["siteA_case1.nii.gz", "siteB_case1.nii.gz"]
+    assert "outputs are named after the folders that differ: siteA_case1, siteB_case1" in stdout
+    assert "summary: 2 of 2 segmented, 0 failed" in stdout
+
+    stacked = tmp_path / "siteC" / "case2"
+    stacked.mkdir(parents=True)
+    flair = nibabel.load(str(BRATS_CASE / FLAIR))
+    nibabel.Nifti1Image(np.zeros((8, 8, 8, 2), np.float32), flair.affine).to_filename(str(stacked / "flair_t1c.nii.gz"))
+    assert ossnet_cli.main(["--input", str(stacked), "-o", str(tmp_path / "out2")]) == 2
+    assert "'flair_t1c.nii.gz' is the only file for both FLAIR and T1c" in capsys.readouterr().err
+    assert ossnet_cli.main(["--input", str(BRATS_CASE / FLAIR), str(BRATS_CASE / FLAIR), "-o", str(tmp_path / "out2")]) == 2
+    assert "given for both FLAIR and T1c" in capsys.readouterr().err
+    assert ossnet_cli.main(["--input", str(BRATS_CASE), "-o", str(tmp_path / "out2"), "--device", MISSING_DEVICE]) == 2
+    assert "Available: cpu" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()

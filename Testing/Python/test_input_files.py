@@ -262,3 +262,13 @@ def test_same_file_names_in_different_folders_get_distinct_names(tmp_path):
     same_folder = [str(tmp_path / "case.nii.gz"), str(tmp_path / "case.nrrd")]
     _, names, _ = unique_names(same_folder, name_from_path)
     assert [names[p] for p in same_folder] == ["case", "case_2"]
+
+
+def test_4d_files_of_other_formats_are_refused_from_their_header(scene, case, tmp_path):
+    import SimpleITK as sitk
+
+    array, _ = case
+    frames = sitk.JoinSeries([sitk.GetImageFromArray(array.T.copy()), sitk.GetImageFromArray(array.T.copy())])
+    sitk.WriteImage(frames, str(tmp_path / "frames.nrrd"))
+    with pytest.raises(InputVolumeError, match=r"'frames\.nrrd' is a 4D image with 2 frames"):
+        load_volume(scene, tmp_path / "frames.nrrd")

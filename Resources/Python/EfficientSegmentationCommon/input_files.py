@@ -184,7 +184,7 @@ def _inspect_other(path: str) -> FileReport | None:
         return None  # Slicer's reader may still read it (it knows more formats); it has the last word
     size = tuple(int(n) for n in reader.GetSize())
     components = int(reader.GetNumberOfComponents())
-    shape = size + ((1,) * max(0, 4 - len(size)) + (components,) if components > 1 else ())
+    shape = size + (((1,) * max(0, 4 - len(size)) + (components,)) if components > 1 else ())
     return FileReport(path, size[:3], _dimension_problem(os.path.basename(path), shape))
 
 

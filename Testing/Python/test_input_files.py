@@ -272,3 +272,37 @@ def test_4d_files_of_other_formats_are_refused_from_their_header(scene, case, tm
     sitk.WriteImage(frames, str(tmp_path / "frames.nrrd"))
     with pytest.raises(InputVolumeError, match=r"'frames\.nrrd' is a 4D image with 2 frames"):
         load_volume(scene, tmp_path / "frames.nrrd")
+
+
+def test_device_names_are_checked_against_what_this_computer_has(monkeypatch):
+    from EfficientSegmentationCommon import torch_setup
+
+    monkeypatch.setattr(torch_setup, "available_devices", lambda: ["cpu"])
+    assert torch_setup.check_device("CPU") == "cpu"
+    for device in ("cuda", "gpu", "cuda:1"):
+        with pytest.raises(ValueError, match=rf"Device '{device}' cannot be used: .*Available: cpu\."):
+            torch_setup.check_device(device)
+    with pytest.raises(ValueError, match="Unknown device 'tpu'"):
+        torch_setup.check_device("tpu")
+    # With one GPU (the branch a CUDA machine takes; the test machine has none).
+    monkeypatch.setattr(torch_setup, "available_devices", lambda: ["cpu", "cuda:0"])
+    assert [torch_setup.check_device(d) for d in ("gpu", "cuda", "cuda:0", "gpu:0")] == ["cuda", "cuda", "cuda:0", "cuda:0"]
+    with pytest.raises(ValueError, match=r"'cuda:1' does not exist: this computer has 1 CUDA GPU\(s\). Available: cpu, cuda:0"):
+        torch_setup.check_device("cuda:1")
+
+
+def test_panel_input_check_names_a_damaged_source_file(scene, case, tmp_path):
+    """A volume Slicer read from a file with NaN voxels (they became 0) is flagged in the panel
+    before Segment is pressed, with the same message as elsewhere."""
+    from EfficientSegmentationCommon.module_logic import LibraryLogicMixin
+    from EfficientSegmentationCommon.scene import _volumes_logic
+
+    array, header = case
+    damaged = array.astype(np.float32)
+    damaged[1, 2, 3] = np.nan
+    nibabel.Nifti1Image(damaged, header.get_best_affine()).to_filename(str(tmp_path / "nan.nii.gz"))
+    node = _volumes_logic(scene).AddArchetypeVolume(str(tmp_path / "nan.nii.gz"), "nan", 0)
+    assert not np.isnan(voxel_view(node)).any()  # Slicer's reader hid them
+    logic = LibraryLogicMixin()
+    logic.initializeLibraryLogic(scene)
+    assert "'nan.nii.gz' contains 1 NaN and 0 infinite voxels" in logic.inputProblem(node)

@@ -10,6 +10,7 @@ first use).
 import importlib
 
 from .errors import InputVolumeError
+from .input_files import check_source_files
 from .torch_setup import ensure_torch
 from .volume_arrays import check_scalar_volume
 
@@ -51,8 +52,8 @@ class LibraryLogicMixin:
         return self._implementation
 
     def inputProblem(self, volumeNode) -> str:
-        """Why ``volumeNode`` cannot be segmented, or "" when it can (cached until the volume changes,
-        since the panel asks on every parameter change)."""
+        """Why ``volumeNode`` cannot be segmented, or "" when it can, also from the file it was read
+        from (cached until the volume changes, since the panel asks on every parameter change)."""
         image = volumeNode.GetImageData() if volumeNode is not None else None
         if image is None:
             try:
@@ -66,6 +67,7 @@ class LibraryLogicMixin:
             return cached[1]
         try:
             check_scalar_volume(volumeNode)
+            check_source_files([volumeNode])  # the file it was read from: damaged, no orientation, NaN
             problem = ""
         except InputVolumeError as error:
             problem = str(error)

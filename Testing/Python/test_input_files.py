@@ -303,6 +303,6 @@ def test_panel_input_check_names_a_damaged_source_file(scene, case, tmp_path):
     nibabel.Nifti1Image(damaged, header.get_best_affine()).to_filename(str(tmp_path / "nan.nii.gz"))
     node = _volumes_logic(scene).AddArchetypeVolume(str(tmp_path / "nan.nii.gz"), "nan", 0)
     assert not np.isnan(voxel_view(node)).any()  # Slicer's reader hid them
-    logic = LibraryLogicMixin()
-    logic.initializeLibraryLogic(scene)
+    logic = LibraryLogicMixin.__new__(LibraryLogicMixin)  # its __init__ needs the Slicer application
+    logic._inputChecks = {}
     assert "'nan.nii.gz' contains 1 NaN and 0 infinite voxels" in logic.inputProblem(node)

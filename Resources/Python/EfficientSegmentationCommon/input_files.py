@@ -46,7 +46,6 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SAME_TRANSFORM_MM = 1e-3
 # How far voxel centres may be from a whole index for two grids to be the same up to axis order.
 SAME_GRID_VOXELS = 1e-3
-XFORM_NAMES = {0: "unknown", 1: "scanner", 2: "aligned", 3: "Talairach", 4: "MNI 152", 5: "template"}
 
 
 @dataclass(frozen=True)
@@ -119,11 +118,12 @@ def _inspect_nifti(path: str) -> FileReport | None:
         return FileReport(path, shape, problem)
     shape3 = (shape + (1, 1, 1))[:3]
     header = image.header
-    try:
-        voxels = np.asanyarray(image.dataobj)
+    try:  # the stored values (no scaling, so no float64 copy of an integer image)
+        voxels = np.asanyarray(image.dataobj.get_unscaled())
     except Exception as error:  # EOFError, OSError, zlib.error for a file cut short
         return FileReport(path, shape3, f"File '{name}' is damaged: its voxel data cannot be read to the end "
-                                        f"({' '.join(str(error).split())}). Was it cut short while copying? Use an intact copy.")
+                                        f"({' '.join(str(error).split())}). Was it cut short while copying? "
+                                        "Use an intact copy.")
     if np.issubdtype(voxels.dtype, np.floating):
         nan_count = int(np.count_nonzero(np.isnan(voxels)))
         inf_count = int(np.count_nonzero(np.isinf(voxels)))

@@ -66,7 +66,7 @@ def test_unreadable_file_is_refused_and_adds_nothing(scene, tmp_path):
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(gzip.compress(gzip.decompress(real_image.read_bytes())[:200]))  # truncated NIfTI
     count = scene.GetNumberOfNodes()
-    with pytest.raises(InputVolumeError, match=r"'broken\.nii\.gz' cannot be read: its NIfTI header is damaged"):
+    with pytest.raises(InputVolumeError, match=r"'broken\.nii\.gz' is unreadable: its NIfTI header is damaged"):
         load_volume(scene, broken)
     assert scene.GetNumberOfNodes() == count
 

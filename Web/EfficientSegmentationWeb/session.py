@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 from EfficientSegmentationCommon.background import BackgroundJob, JobState
-from EfficientSegmentationCommon.batch import write_result
+from EfficientSegmentationCommon.batch import write_labels, write_result
 from EfficientSegmentationCommon.errors import InputVolumeError
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.panel_state import FINISH, RunSummary, SegmentPanel
 from EfficientSegmentationCommon.progress import SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
 from EfficientSegmentationCommon.scene import load_volume, name_from_path
-from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels, save_labelmap
+from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels
 from EfficientSegmentationCommon.volume_arrays import check_scalar_volume
 from MedNCASegmentLib import panel as mednca_panel
 from MedNCASegmentLib.logic import MedNCASegmentLogic
@@ -238,12 +238,13 @@ class SegmentationSession:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / name
             input_grid = VolumeGeometry.from_volume_node(self.reference_volume)
+            # Label maps lie on the uploaded file's own grid (its voxel order and affine) where there is one.
             if fmt == "seg.nrrd" or self.result.geometry.matches(input_grid, atol=1e-4):
-                write_result(self.result, path)
+                write_result(self.result, path, self.reference_volume)
             else:  # a finer or coarser output grid (OSS-Net): the label map comes on the input's grid
                 labels = export_segmentation_labels(self.scene, self.result.segmentation, self.reference_volume,
                                                     self.result_entry.segments)
-                save_labelmap(labels.astype(np.uint8), input_grid, path)
+                write_labels(labels.astype(np.uint8), input_grid, path, self.reference_volume)
             return name, path.read_bytes()
 
     def _remove_result(self) -> None:

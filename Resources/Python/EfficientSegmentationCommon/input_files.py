@@ -110,7 +110,7 @@ def _inspect_nifti(path: str) -> FileReport | None:
     try:
         image = nibabel.load(path)
     except Exception as error:  # nibabel raises many kinds for bad headers
-        return FileReport(path, (), f"File '{name}' cannot be read: its NIfTI header is damaged or incomplete "
+        return FileReport(path, (), f"File '{name}' is unreadable: its NIfTI header is damaged or incomplete "
                                     f"(nibabel: {' '.join(str(error).split())}). Use an intact copy.")
     shape = tuple(int(n) for n in image.shape)
     problem = _dimension_problem(name, shape)

@@ -118,9 +118,8 @@ class SegmentationSession:
 
     def load(self, path: str | os.PathLike, name: str | None = None):
         """Load an image file as a volume the models can take, or raise ``InputVolumeError``
-        naming the problem (unreadable, 4D or vector, single slice, NaNs); the scene is then
-        left as it was."""
-        _check_not_4d(Path(path))
+        naming the problem (unreadable or damaged, 4D or vector, NaNs, no orientation: the
+        shared file checks of ``scene.load_volume``; single slice); the scene is then left as it was."""
         with SceneTransaction(self.scene):
             node = load_volume(self.scene, path, name)
             node.SetName(name or name_from_path(os.fspath(path)))  # the volumes logic may append "_1"
@@ -281,24 +280,6 @@ class SegmentationSession:
         self.reference_volume = None
         for panel in self.panels.values():
             panel.reset()
-
-
-def _check_not_4d(path: Path) -> None:
-    """Raise ``InputVolumeError`` for a NIfTI file holding several volumes (a time series or
-    several sequences in one file), which Slicer's volume reader only calls unreadable."""
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
-        return  # NRRD and others: Slicer reads several components as a vector volume, checked after loading
-    try:
-        import nibabel
-
-        shape = nibabel.load(str(path)).shape
-    except Exception:  # not a NIfTI file after all: Slicer's reader says so
-        return
-    if len(shape) > 3 and int(np.prod(shape[3:])) > 1:
-        raise InputVolumeError(
-            f"'{path.name}' is a {len(shape)}D image ({' x '.join(str(n) for n in shape[:3])} voxels x "
-            f"{int(np.prod(shape[3:]))} volumes); the models take one 3D volume: save the volume you want "
-            "to segment as a file of its own.")
 
 
 def _volume_problem(volume) -> str:

@@ -11,19 +11,27 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
-from .nca import MedNCA, MedNCAConfig
+from .fused_cell import FusedCell, network_dtype
+from .nca import MedNCA, MedNCAConfig, StepCallback
 from .preprocessing import normalize_intensity, pad_to_multiple, slice_stack
 
-# Pixels (slices x rows x columns) the 2D automaton updates at once. The state of every pixel is
-# 32 channels plus a 128-wide hidden layer, so this bounds the automaton's working memory whatever
-# the volume's size (measured in Testing/Benchmarks/RESULTS.md). Hippocampus crops (at most
-# 60 x 48 pixels a slice) still go 64 slices at a time.
+# Full-resolution pixels (runs x slices x rows x columns) the fused 2D automaton updates at once:
+# a tile of (slice, run) pairs. Every pixel of a tile holds about 0.6 kB (float32 state, its
+# network-precision copy, the 128-wide hidden layer, the update, the fire mask), so a tile takes
+# about 20 MB whatever the volume's size; a slice larger than this budget is one tile by itself.
+# Small tiles keep the hidden layer in the CPU's caches: 16-32 k pixels were fastest on 1-2
+# threads, 64 k and more slower (Testing/Benchmarks/mednca_benchmark.py, --tiles).
+TILE_PIXELS = 32 * 1024
+# Pixels the per-run reference path (3D models, and the 2D reference) updates at once.
 PIXELS_PER_BATCH = 64 * 64 * 64
 
 # (fraction done, message); raising inside it (e.g. a cancel request) aborts the run.
 ProgressCallback = Callable[[float, str], None]
+# Receives the current hard labels (D, H, W) uint8 of the whole volume while the automaton runs.
+PreviewCallback = Callable[[np.ndarray], None]
 
 
 @dataclass
@@ -90,19 +98,197 @@ def model_input(config: MedNCAConfig, normalized: np.ndarray, factor: int) -> tu
 def segment(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int = 0,
             global_steps: int | None = None, refinement_steps: int | None = None, downscale: int | None = None,
             progress: ProgressCallback | None = None, normalized: bool = False,
-            slice_batch: int | None = None, mirror: bool = True) -> StochasticResult:
+            slice_batch: int | None = None, mirror: bool = True, precision: str = "auto",
+            tile_pixels: int | None = None, preview: PreviewCallback | None = None,
+            preview_every: int = 4) -> StochasticResult:
     """Run the automaton ``runs`` times on a (D, H, W) volume already on the model's grid.
 
     ``image`` is raw intensities, or already scaled by :func:`normalize_intensity` when
     ``normalized`` (callers that resample normalise first, on the original voxels). Seeded:
-    the same seed gives the same result. ``downscale`` overrides the factor of the global
-    stage (a coarser global grid is faster and sees more context per step). ``slice_batch``
-    slices are updated together (default: as many as fit :data:`PIXELS_PER_BATCH`). ``progress`` is
-    called after every automaton step, so raising from it (a cancel request) stops promptly.
-    With ``mirror``, every second run sees the volume mirrored along I (left-right; the model
-    is trained with flips), so the ensemble also averages over the mirror image at no extra
-    cost (on 12 validation cases, 4 plain + 4 mirrored runs beat 4 plain runs by 0.004-0.015
-    Dice per class; the same number of plain runs was not compared).
+    the same seed gives the same result, whatever the tiling. ``downscale`` overrides the factor
+    of the global stage (a coarser global grid is faster and sees more context per step).
+    ``progress`` is called after every automaton step, so raising from it (a cancel request)
+    stops promptly. With ``mirror``, every second run sees the volume mirrored along I
+    (left-right; the model is trained with flips), so the ensemble also averages over the mirror
+    image at no extra cost (on 12 validation cases, 4 plain + 4 mirrored runs beat 4 plain runs
+    by 0.004-0.015 Dice per class; the same number of plain runs was not compared).
+
+    2D models without batch norm (Med-NCA) run the fused cell (:class:`FusedCell`) on tiles of
+    (slice, run) pairs, all runs of a slice batched together: ``tile_pixels`` full-resolution
+    pixels at once (default :data:`TILE_PIXELS`; ``slice_batch`` instead asks for that many
+    slices with all their runs), in ``precision`` (``auto``: bfloat16 where the CPU computes it
+    natively, else float32; the state stays float32). Each (slice, run) pair draws its fire
+    masks from its own generator seeded by (seed, slice, run), so the tiling never changes the
+    result. Memory: about 20 bytes per voxel (the normalised volume and the float32 mean and
+    std) plus one tile (see :data:`TILE_PIXELS`), whatever the volume's size. ``preview``, if
+    given, receives the current labels (D, H, W) every ``preview_every`` steps: finished slices
+    from their mean, the slices of the running tile from the first run's current state, others 0;
+    its last call gets ``decode_labels(result.mean)``. Other models run
+    :func:`segment_per_run`.
+
+    Raises ValueError for ``runs`` < 1 or an unknown ``precision``.
+    """
+    if runs < 1:
+        raise ValueError("runs must be at least 1")
+    dtype = network_dtype(precision)
+    model.eval()
+    config = model.config
+    if config.dims != 2 or config.batch_norm:
+        return segment_per_run(model, image, runs, seed, global_steps, refinement_steps, downscale, progress,
+                               normalized, slice_batch, mirror)
+    volume = image if normalized else normalize_intensity(image)
+    volume = np.asarray(volume, dtype=np.float32)
+    plan = _TilePlan(config, volume.shape, runs, seed, global_steps, refinement_steps, downscale,
+                     slice_batch, tile_pixels)
+    cells = (FusedCell(model.global_cell, dtype), FusedCell(model.refinement_cell, dtype))
+    mean = np.zeros((config.num_classes, *volume.shape), np.float32)
+    std = np.zeros_like(mean)
+    sums: dict[int, list] = {}  # slice -> [sum, sum of squares, runs so far], float64, for unfinished slices
+    watcher = _Preview(preview, preview_every, plan, mean, config.input_channels) if preview is not None else None
+    for tile_index, items in enumerate(plan.tiles):
+        def on_step(stage: str, step: int, stage_total: int, state: torch.Tensor, items=items, tile_index=tile_index) -> None:
+            if progress is not None:
+                done = tile_index * plan.steps_per_tile + step + (plan.global_count if stage == "refinement" else 0)
+                first, last = items[0][0] + 1, items[-1][0] + 1
+                progress(done / plan.total_steps, f"{stage} step {step}/{stage_total}, slices {first}-{last} of {plan.depth}")
+            if watcher is not None:
+                watcher.step(step + (plan.global_count if stage == "refinement" else 0), items, state)
+
+        probabilities = _run_tile(cells, config, volume, items, plan, seed, mirror, on_step)
+        for (slice_index, _run), p in zip(items, probabilities.double().numpy(), strict=True):
+            entry = sums.setdefault(slice_index, [0.0, 0.0, 0])
+            entry[0] = entry[0] + p
+            entry[1] = entry[1] + p**2
+            entry[2] += 1
+            if entry[2] == runs:
+                average = entry[0] / runs
+                variance = np.maximum(entry[1] / runs - average**2, 0.0)
+                mean[:, slice_index] = average[(slice(None), *plan.crop)]
+                std[:, slice_index] = np.sqrt(variance)[(slice(None), *plan.crop)]
+                del sums[slice_index]
+                if watcher is not None:
+                    watcher.finished(slice_index)
+    if watcher is not None:
+        preview(decode_labels(mean))
+    return StochasticResult(mean, std, runs)
+
+
+class _TilePlan:
+    """Which (slice, run) pairs go together, on which padded grid, in how many steps."""
+
+    def __init__(self, config: MedNCAConfig, shape: tuple[int, ...], runs: int, seed: int,
+                 global_steps: int | None, refinement_steps: int | None, downscale: int | None,
+                 slice_batch: int | None, tile_pixels: int | None) -> None:
+        self.factor = config.downscale if downscale is None else downscale
+        self.global_count = config.global_steps if global_steps is None else global_steps
+        self.refinement_count = config.refinement_steps if refinement_steps is None else refinement_steps
+        self.depth = shape[0]
+        _, crop = pad_to_multiple(np.empty((1, *shape[1:]), np.uint8), self.factor, axes=(1, 2))
+        self.crop = crop[1:]  # rows, columns of the padded slice that are the input's
+        self.padded = tuple(-(-size // self.factor) * self.factor for size in shape[1:])
+        if slice_batch is not None:
+            per_tile = max(1, slice_batch) * runs
+        else:
+            per_tile = max(1, (TILE_PIXELS if tile_pixels is None else tile_pixels) // (self.padded[0] * self.padded[1]))
+        items = [(d, r) for d in range(self.depth) for r in range(runs)]
+        self.tiles = [items[i: i + per_tile] for i in range(0, len(items), per_tile)]
+        self.steps_per_tile = max(1, self.global_count + self.refinement_count)
+        self.total_steps = len(self.tiles) * self.steps_per_tile
+
+
+def _generator(seed: int, slice_index: int, run: int) -> torch.Generator:
+    """The fire-mask generator of one (slice, run) pair, independent of how pairs are batched."""
+    state = np.random.SeedSequence([seed % 2**63, slice_index, run]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _tile_image(config: MedNCAConfig, volume: np.ndarray, items: list[tuple[int, int]], factor: int,
+                mirror: bool) -> torch.Tensor:
+    """The model input of a tile: each pair's slice with its neighbours, padded to the factor,
+    mirrored along I for odd runs; (N, input_channels, H', W')."""
+    context = (config.input_channels - 1) // 2
+    slices = np.array([d for d, _ in items])
+    neighbours = np.clip(slices[:, None] + np.arange(-context, context + 1)[None, :], 0, volume.shape[0] - 1)
+    stack, _ = pad_to_multiple(volume[neighbours], factor, axes=(2, 3))
+    tensor = torch.from_numpy(stack)
+    mirrored = [i for i, (_, run) in enumerate(items) if mirror and run % 2 == 1]
+    if mirrored:
+        tensor[mirrored] = tensor[mirrored].flip(-1)
+    return tensor
+
+
+def _run_tile(cells: tuple[FusedCell, FusedCell], config: MedNCAConfig, volume: np.ndarray,
+              items: list[tuple[int, int]], plan: _TilePlan, seed: int, mirror: bool,
+              on_step: StepCallback) -> torch.Tensor:
+    """Both stages on one tile; sigmoid probabilities (N, num_classes, H', W'), mirrored runs
+    flipped back. The same arithmetic as :meth:`MedNCA.forward` with the fused cells."""
+    image = _tile_image(config, volume, items, plan.factor, mirror)
+    generators = [_generator(seed, d, r) for d, r in items]
+    channels_last = torch.channels_last
+    small = F.avg_pool2d(image, plan.factor)
+    state = torch.zeros((len(items), config.channels, *small.shape[2:])).contiguous(memory_format=channels_last)
+    state[:, : config.input_channels] = small
+    stages = (("global", cells[0], plan.global_count), ("refinement", cells[1], plan.refinement_count))
+    for stage, cell, count in stages:
+        if stage == "refinement":
+            state = F.interpolate(state, scale_factor=plan.factor, mode="nearest").contiguous(memory_format=channels_last)
+            state[:, : config.input_channels] = image
+        draws = torch.empty((len(items), 1, *state.shape[2:]))
+        for step in range(count):
+            for i, generator in enumerate(generators):
+                torch.rand((1, 1, *state.shape[2:]), generator=generator, out=draws[i: i + 1])
+            cell.step(state, (draws < cell.fire_rate).float())
+            on_step(stage, step + 1, count, state)
+    logits = state[:, config.input_channels: config.input_channels + config.num_classes]
+    probabilities = torch.sigmoid(logits).contiguous()
+    flipped = [i for i, (_, run) in enumerate(items) if mirror and run % 2 == 1]
+    if flipped:
+        probabilities[flipped] = probabilities[flipped].flip(-1)
+    return probabilities
+
+
+class _Preview:
+    """The labels a preview shows while the automaton runs (see :func:`segment`)."""
+
+    def __init__(self, callback: PreviewCallback, every: int, plan: _TilePlan, mean: np.ndarray,
+                 input_channels: int) -> None:
+        self.callback, self.every, self.plan, self.mean = callback, max(1, every), plan, mean
+        self.input_channels = input_channels
+        self.labels = np.zeros(mean.shape[1:], np.uint8)
+
+    def step(self, step: int, items: list[tuple[int, int]], state: torch.Tensor) -> None:
+        if step % self.every:
+            return
+        first = {}
+        for i, (d, _run) in enumerate(items):
+            first.setdefault(d, i)
+        rows = list(first.values())
+        c = self.plan
+        logits = state[rows, self.input_channels: self.input_channels + self.mean.shape[0]].float()
+        if logits.shape[-2:] != c.padded:
+            logits = F.interpolate(logits, size=c.padded, mode="nearest")
+        mirrored = [j for j, i in enumerate(rows) if items[i][1] % 2 == 1]
+        if mirrored:
+            logits[mirrored] = logits[mirrored].flip(-1)
+        probabilities = torch.sigmoid(logits).permute(1, 0, 2, 3).numpy()
+        self.labels[list(first)] = decode_labels(probabilities[(slice(None), slice(None), *c.crop)])
+        self.callback(self.labels.copy())
+
+    def finished(self, slice_index: int) -> None:
+        self.labels[slice_index] = decode_labels(self.mean[:, slice_index: slice_index + 1])[0]
+
+
+@torch.no_grad()
+def segment_per_run(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int = 0,
+                    global_steps: int | None = None, refinement_steps: int | None = None,
+                    downscale: int | None = None, progress: ProgressCallback | None = None,
+                    normalized: bool = False, slice_batch: int | None = None, mirror: bool = True) -> StochasticResult:
+    """The reference inference: one run after another with the training-time cells
+    (:meth:`MedNCA.forward`), slices in batches of ``slice_batch`` (default: as many as fit
+    :data:`PIXELS_PER_BATCH`), one generator for all fire masks. Used for 3D models and
+    batch-norm cells; for 2D models it is what :func:`segment` is checked against
+    (Testing/Python/test_mednca_fused.py, Testing/Benchmarks/mednca_benchmark.py). Arguments as
+    in :func:`segment`; memory grows with the volume (about 160 bytes per voxel).
     """
     if runs < 1:
         raise ValueError("runs must be at least 1")
@@ -123,7 +309,8 @@ def segment(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int = 0,
     for run in range(runs):
         outputs = []
         for chunk in chunks:
-            def on_step(stage: str, step: int, stage_total: int, _state: torch.Tensor) -> None:
+            def on_step(stage: str, step: int, stage_total: int, _state: torch.Tensor, done: int = done,
+                        run: int = run) -> None:
                 if progress is not None:
                     offset = step if stage == "global" else global_count + step
                     progress((done + offset) / total, f"run {run + 1}/{runs}: {stage} step {step}/{stage_total}")

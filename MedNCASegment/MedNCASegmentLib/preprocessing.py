@@ -22,7 +22,10 @@ def normalize_intensity(image: np.ndarray) -> np.ndarray:
     low, high = np.percentile(values, [LOW_PERCENTILE, HIGH_PERCENTILE])
     if high <= low:
         return np.zeros_like(values)
-    return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    # One output array, scaled in place: no volume-sized temporaries beyond percentile's copy.
+    scaled = np.subtract(values, np.float32(low), dtype=np.float32)
+    scaled /= np.float32(high - low)
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
 
 
 def pad_to_multiple(array: np.ndarray, multiple: int, axes: tuple[int, ...]) -> tuple[np.ndarray, tuple[slice, ...]]:

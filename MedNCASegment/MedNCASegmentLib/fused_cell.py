@@ -85,6 +85,8 @@ class FusedCell:
     float64 and then cast to ``dtype`` (the network's precision). Tensors are channels-last.
     """
 
+    memory_format = torch.channels_last
+
     def __init__(self, cell: NCACell, dtype: torch.dtype = torch.float32) -> None:
         if cell.dims != 2 or not isinstance(cell.norm, torch.nn.Identity):
             raise ValueError("only 2D cells without batch norm can be fused")
@@ -101,14 +103,18 @@ class FusedCell:
         self.fire_rate = cell.fire_rate
         self.weight = folded.to(dtype).contiguous(memory_format=torch.channels_last)
         self.bias = bias.to(dtype)
-        self.out = fc1.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
+        # fc1 with zero rows for the input channels: the update then covers the whole state, so
+        # adding it is one contiguous operation (a channel slice of a channels-last tensor is not).
+        out = torch.zeros(channels, fc1.in_channels, 1, 1, dtype=torch.float64)
+        out[cell.input_channels:] = fc1.weight.detach().double()
+        self.out = out.to(dtype).contiguous(memory_format=torch.channels_last)
 
     def step(self, state: torch.Tensor, fire: torch.Tensor) -> None:
-        """Update ``state`` (N, C, H, W) float32 in place where ``fire`` (N, 1, H, W) is 1.0."""
+        """Update ``state`` (N, C, H, W) float32 channels-last in place where ``fire`` (N, 1, H, W) is 1.0."""
         p = self.pad
         x = F.pad(state.to(self.dtype), (p, p, p, p), mode="reflect")
         update = F.conv2d(conv_relu(x, self.weight, self.bias), self.out)
-        state[:, self.input_channels:].addcmul_(update, fire)
+        state.addcmul_(update, fire)
 
     @property
     def flops_per_cell(self) -> int:

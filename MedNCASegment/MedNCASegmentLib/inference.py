@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .fused_cell import FusedCell, network_dtype
-from .nca import MedNCA, MedNCAConfig, StepCallback
+from .nca import MedNCA, MedNCAConfig, NCACell, StepCallback
 from .preprocessing import normalize_intensity, pad_to_multiple, slice_stack
 
 # Full-resolution pixels (runs x slices x rows x columns) the fused 2D automaton updates at once:
@@ -100,7 +100,7 @@ def segment(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int = 0,
             progress: ProgressCallback | None = None, normalized: bool = False,
             slice_batch: int | None = None, mirror: bool = True, precision: str = "auto",
             tile_pixels: int | None = None, preview: PreviewCallback | None = None,
-            preview_every: int = 4) -> StochasticResult:
+            preview_every: int = 4, fused: bool = True) -> StochasticResult:
     """Run the automaton ``runs`` times on a (D, H, W) volume already on the model's grid.
 
     ``image`` is raw intensities, or already scaled by :func:`normalize_intensity` when
@@ -123,8 +123,9 @@ def segment(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int = 0,
     std) plus one tile (see :data:`TILE_PIXELS`), whatever the volume's size. ``preview``, if
     given, receives the current labels (D, H, W) every ``preview_every`` steps: finished slices
     from their mean, the slices of the running tile from the first run's current state, others 0;
-    its last call gets ``decode_labels(result.mean)``. Other models run
-    :func:`segment_per_run`.
+    its last call gets ``decode_labels(result.mean)``. ``fused=False`` runs the training-time
+    layers (float32, channels-first) on the same tiles instead of the fused cell: the same result
+    up to rounding, slower; for checking and benchmarking. Other models run :func:`segment_per_run`.
 
     Raises ValueError for ``runs`` < 1 or an unknown ``precision``.
     """
@@ -140,7 +141,10 @@ def segment(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int = 0,
     volume = np.asarray(volume, dtype=np.float32)
     plan = _TilePlan(config, volume.shape, runs, seed, global_steps, refinement_steps, downscale,
                      slice_batch, tile_pixels)
-    cells = (FusedCell(model.global_cell, dtype), FusedCell(model.refinement_cell, dtype))
+    if fused:
+        cells = (FusedCell(model.global_cell, dtype), FusedCell(model.refinement_cell, dtype))
+    else:
+        cells = (_LayerCell(model.global_cell), _LayerCell(model.refinement_cell))
     mean = np.zeros((config.num_classes, *volume.shape), np.float32)
     std = np.zeros_like(mean)
     sums: dict[int, list] = {}  # slice -> [sum, sum of squares, runs so far], float64, for unfinished slices
@@ -202,6 +206,18 @@ def _generator(seed: int, slice_index: int, run: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+class _LayerCell:
+    """A training-time cell (:meth:`NCACell.update`) with the fused cell's interface."""
+
+    memory_format = torch.contiguous_format
+
+    def __init__(self, cell: NCACell) -> None:
+        self.cell, self.fire_rate = cell, cell.fire_rate
+
+    def step(self, state: torch.Tensor, fire: torch.Tensor) -> None:
+        state.copy_(self.cell.update(state, fire))
+
+
 def _tile_image(config: MedNCAConfig, volume: np.ndarray, items: list[tuple[int, int]], factor: int,
                 mirror: bool) -> torch.Tensor:
     """The model input of a tile: each pair's slice with its neighbours, padded to the factor,
@@ -217,27 +233,28 @@ def _tile_image(config: MedNCAConfig, volume: np.ndarray, items: list[tuple[int,
     return tensor
 
 
-def _run_tile(cells: tuple[FusedCell, FusedCell], config: MedNCAConfig, volume: np.ndarray,
+def _run_tile(cells: tuple[FusedCell | _LayerCell, FusedCell | _LayerCell], config: MedNCAConfig, volume: np.ndarray,
               items: list[tuple[int, int]], plan: _TilePlan, seed: int, mirror: bool,
               on_step: StepCallback) -> torch.Tensor:
     """Both stages on one tile; sigmoid probabilities (N, num_classes, H', W'), mirrored runs
     flipped back. The same arithmetic as :meth:`MedNCA.forward` with the fused cells."""
     image = _tile_image(config, volume, items, plan.factor, mirror)
     generators = [_generator(seed, d, r) for d, r in items]
-    channels_last = torch.channels_last
+    layout = cells[0].memory_format
     small = F.avg_pool2d(image, plan.factor)
-    state = torch.zeros((len(items), config.channels, *small.shape[2:])).contiguous(memory_format=channels_last)
+    state = torch.zeros((len(items), config.channels, *small.shape[2:])).contiguous(memory_format=layout)
     state[:, : config.input_channels] = small
     stages = (("global", cells[0], plan.global_count), ("refinement", cells[1], plan.refinement_count))
     for stage, cell, count in stages:
         if stage == "refinement":
-            state = F.interpolate(state, scale_factor=plan.factor, mode="nearest").contiguous(memory_format=channels_last)
+            state = F.interpolate(state, scale_factor=plan.factor, mode="nearest").contiguous(memory_format=layout)
             state[:, : config.input_channels] = image
-        draws = torch.empty((len(items), 1, *state.shape[2:]))
+        # Each pair's masks for the whole stage in one draw: (steps, pairs, 1, H, W).
+        draws = torch.stack([torch.rand((count, 1, *state.shape[2:]), generator=g) for g in generators], dim=1)
+        fire = (draws < cell.fire_rate).float()
+        del draws
         for step in range(count):
-            for i, generator in enumerate(generators):
-                torch.rand((1, 1, *state.shape[2:]), generator=generator, out=draws[i: i + 1])
-            cell.step(state, (draws < cell.fire_rate).float())
+            cell.step(state, fire[step])
             on_step(stage, step + 1, count, state)
     logits = state[:, config.input_channels: config.input_channels + config.num_classes]
     probabilities = torch.sigmoid(logits).contiguous()

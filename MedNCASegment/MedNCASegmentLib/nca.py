@@ -112,11 +112,14 @@ class NCACell(nn.Module):
         nn.init.zeros_(self.fc1.weight)
 
     def forward(self, state: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        features = torch.cat([state, self.perceive(state)], dim=1)
-        update = self.fc1(F.relu(self.norm(self.fc0(features))))
         mask_shape = (state.shape[0], 1, *state.shape[2:])
         fire = torch.rand(mask_shape, generator=generator, device=state.device, dtype=state.dtype)
-        fire = (fire < self.fire_rate).to(state.dtype)
+        return self.update(state, (fire < self.fire_rate).to(state.dtype))
+
+    def update(self, state: torch.Tensor, fire: torch.Tensor) -> torch.Tensor:
+        """The next state where ``fire`` (batch, 1, *spatial) is 1.0; elsewhere the state as it is."""
+        features = torch.cat([state, self.perceive(state)], dim=1)
+        update = self.fc1(F.relu(self.norm(self.fc0(features))))
         fixed = state[:, : self.input_channels]
         return torch.cat([fixed, state[:, self.input_channels:] + update * fire], dim=1)
 

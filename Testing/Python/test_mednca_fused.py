@@ -75,6 +75,8 @@ def test_batched_fused_path_gives_the_reference_probabilities(model, volume) -> 
     np.testing.assert_allclose(result.mean, mean, atol=2e-4)
     np.testing.assert_allclose(result.std, std, atol=2e-4)
     assert (decode_labels(result.mean) > 0).any()
+    layers = segment(model, volume, runs=3, seed=4, normalized=True, fused=False)
+    np.testing.assert_allclose(layers.mean, mean, atol=2e-4)
 
 
 @pytest.mark.parametrize("precision", ["float32", "auto"])

@@ -108,13 +108,30 @@ class FusedCell:
         out = torch.zeros(channels, fc1.in_channels, 1, 1, dtype=torch.float64)
         out[cell.input_channels:] = fc1.weight.detach().double()
         self.out = out.to(dtype).contiguous(memory_format=torch.channels_last)
+        self._buffer: torch.Tensor | None = None
 
     def step(self, state: torch.Tensor, fire: torch.Tensor) -> None:
         """Update ``state`` (N, C, H, W) float32 channels-last in place where ``fire`` (N, 1, H, W) is 1.0."""
-        p = self.pad
-        x = F.pad(state.to(self.dtype), (p, p, p, p), mode="reflect")
-        update = F.conv2d(conv_relu(x, self.weight, self.bias), self.out)
+        update = F.conv2d(conv_relu(self._padded(state), self.weight, self.bias), self.out)
         state.addcmul_(update, fire)
+
+    def _padded(self, state: torch.Tensor) -> torch.Tensor:
+        """The state reflect-padded in the network's dtype, written into a buffer kept between steps
+        (one pass over the state instead of a cast and a padding copy)."""
+        p = self.pad
+        n, c, h, w = state.shape
+        shape = (n, c, h + 2 * p, w + 2 * p)
+        if self._buffer is None or self._buffer.shape != shape:
+            self._buffer = torch.empty(shape, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
+        x = self._buffer
+        x[:, :, p:p + h, p:p + w].copy_(state)
+        for i in range(p):  # reflect: rows first, then columns over the full height (corners)
+            x[:, :, p - 1 - i, p:p + w] = x[:, :, p + 1 + i, p:p + w]
+            x[:, :, p + h + i, p:p + w] = x[:, :, p + h - 2 - i, p:p + w]
+        for i in range(p):
+            x[:, :, :, p - 1 - i] = x[:, :, :, p + 1 + i]
+            x[:, :, :, p + w + i] = x[:, :, :, p + w - 2 - i]
+        return x
 
     @property
     def flops_per_cell(self) -> int:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from EfficientSegmentationCommon.memory import release_free_memory
+
 from .fused_cell import FusedCell, network_dtype
 from .nca import MedNCA, MedNCAConfig, NCACell, StepCallback
 from .preprocessing import normalize_intensity, pad_to_multiple, slice_stack
@@ -134,9 +136,25 @@ def segment(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int = 0,
     dtype = network_dtype(precision)
     model.eval()
     config = model.config
-    if config.dims != 2 or config.batch_norm:
-        return segment_per_run(model, image, runs, seed, global_steps, refinement_steps, downscale, progress,
-                               normalized, slice_batch, mirror)
+    try:
+        if config.dims != 2 or config.batch_norm:
+            return segment_per_run(model, image, runs, seed, global_steps, refinement_steps, downscale, progress,
+                                   normalized, slice_batch, mirror)
+        return _segment_tiled(model, image, runs, seed, global_steps, refinement_steps, downscale, progress,
+                              normalized, slice_batch, mirror, dtype, tile_pixels, preview, preview_every, fused)
+    finally:
+        # Return the run's freed memory to the system, so that a session of many runs stays flat
+        # (glibc keeps it otherwise; measured in Testing/Benchmarks/mednca_speed.py --retention).
+        release_free_memory()
+
+
+def _segment_tiled(model: MedNCA, image: np.ndarray, runs: int, seed: int, global_steps: int | None,
+                   refinement_steps: int | None, downscale: int | None, progress: ProgressCallback | None,
+                   normalized: bool, slice_batch: int | None, mirror: bool, dtype: torch.dtype,
+                   tile_pixels: int | None, preview: PreviewCallback | None, preview_every: int,
+                   fused: bool) -> StochasticResult:
+    """:func:`segment` for 2D models without batch norm: tiles of (slice, run) pairs."""
+    config = model.config
     volume = image if normalized else normalize_intensity(image)
     volume = np.asarray(volume, dtype=np.float32)
     plan = _TilePlan(config, volume.shape, runs, seed, global_steps, refinement_steps, downscale,

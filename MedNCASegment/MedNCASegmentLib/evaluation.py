@@ -25,6 +25,7 @@ from EfficientSegmentationCommon.hardware import hardware_description
 from EfficientSegmentationCommon.metrics import dice, hd95
 
 from .data import CLASS_COLORS, CLASS_NAMES, load_case, read_split
+from .fused_cell import network_dtype
 from .inference import segment
 from .model_io import load_model
 from .training import DEFAULT_DATA, DEFAULT_SPLIT
@@ -95,7 +96,7 @@ def write_card(model_path: Path, split_path: Path, runs: int, seed: int, rows: l
         "task": "hippocampus segmentation in T1 MRI: anterior (label 1) and posterior (label 2)",
         "inputs": ["T1"],
         "segments": [{"name": name, "label": i + 1, "color": list(color)}
-                     for i, (name, color) in enumerate(zip(CLASS_NAMES, CLASS_COLORS))],
+                     for i, (name, color) in enumerate(zip(CLASS_NAMES, CLASS_COLORS, strict=True))],
         "spacing": [1.0, 1.0, 1.0],
         "quality_warning_threshold": summary["quality_warning_threshold"],
         "config": model.config.to_dict(),
@@ -108,7 +109,9 @@ def write_card(model_path: Path, split_path: Path, runs: int, seed: int, rows: l
                      "note": training_note},
         "training_hardware": metadata.get("hardware") or training_hardware,
         "evaluation": {"runs": runs, "seed": seed, "grid": "native 1 mm", "metrics": "dense whole-volume hard Dice/HD95",
-                       "inference": "every second run mirrored left-right; largest connected structure kept",
+                       "inference": "every second run mirrored left-right; largest connected structure kept; "
+                                    "fused cell, runs batched, network in "
+                                    f"{str(network_dtype('auto')).removeprefix('torch.')} (inference.segment)",
                        "hardware": hardware_description()},
         "validation": summary,
         "per_case": rows,

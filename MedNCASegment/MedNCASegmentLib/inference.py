@@ -65,7 +65,10 @@ def decode_labels(mean: np.ndarray) -> np.ndarray:
     the border between two classes never leaves a hole that neither claims.
     """
     foreground = mean.sum(axis=0) > 0.5
-    return np.where(foreground, mean.argmax(axis=0) + 1, 0).astype(np.uint8)
+    labels = mean.argmax(axis=0).astype(np.uint8)  # uint8 at once: few volume-sized int64 arrays
+    labels += 1
+    labels[~foreground] = 0
+    return labels
 
 
 def keep_largest_component(labels: np.ndarray) -> np.ndarray:

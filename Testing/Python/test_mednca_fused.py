@@ -108,3 +108,19 @@ def test_preview_sees_the_labels_grow_and_ends_with_the_result(model, volume) ->
 def test_unknown_precision_is_refused(model, volume) -> None:
     with pytest.raises(ValueError, match="precision"):
         segment(model, volume, runs=1, precision="int4")
+
+
+def test_decoded_labels_are_unchanged_by_the_leaner_decoding() -> None:
+    rng = np.random.default_rng(0)
+    mean = rng.random((2, 5, 6, 7)).astype(np.float32) * 0.6
+    expected = np.where(mean.sum(axis=0) > 0.5, mean.argmax(axis=0) + 1, 0).astype(np.uint8)
+    np.testing.assert_array_equal(decode_labels(mean), expected)
+
+
+def test_freed_memory_goes_back_to_the_system_on_glibc() -> None:
+    import platform
+
+    from EfficientSegmentationCommon.memory import release_free_memory
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert release_free_memory() is expected

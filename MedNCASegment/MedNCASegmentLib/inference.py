@@ -1,7 +1,9 @@
 """Stochastic inference: several automaton runs give a segmentation, its uncertainty and a quality score.
 
-All arrays are in Slicer's KJI order. The 2D model segments along the first (K) axis, which
-for the hippocampus data is the axis whose slices contain the whole long axis of the structure.
+All volumes are in Slicer's KJI order, written (D, H, W) here: D slices along K, H rows along J,
+W columns along I. The 2D model segments slice by slice along D (K), which for the hippocampus
+data is the axis whose slices contain the whole long axis of the structure. C is the number of
+classes (segments), never an axis of the volume.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ PreviewCallback = Callable[[np.ndarray], None]
 
 @dataclass
 class StochasticResult:
-    """Per-class mean and standard deviation of the sigmoid outputs over the runs, (K, D, H, W)."""
+    """Per-class mean and standard deviation of the sigmoid outputs over the runs, (C, D, H, W)."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -59,7 +61,7 @@ class StochasticResult:
 
 
 def decode_labels(mean: np.ndarray) -> np.ndarray:
-    """Hard labels 0 (background), 1..K from per-class probabilities (K, D, H, W).
+    """Hard labels 0 (background), 1..C from per-class probabilities (C, D, H, W).
 
     Foreground where the classes together exceed 0.5, assigned to the most probable class, so
     the border between two classes never leaves a hole that neither claims.
@@ -359,7 +361,7 @@ def segment_per_run(model: MedNCA, image: np.ndarray, runs: int = 10, seed: int 
             outputs.append(torch.sigmoid(logits.flip(-1) if mirrored else logits))
             done += steps_per_chunk
         probabilities = torch.cat(outputs)
-        # (D, K, H, W) for 2D, (1, K, D, H, W) for 3D -> (K, D, H, W)
+        # (D, C, H, W) for 2D, (1, C, D, H, W) for 3D -> (C, D, H, W)
         probabilities = probabilities.permute(1, 0, 2, 3) if config.dims == 2 else probabilities[0]
         array = probabilities.double().numpy()
         mean = array if mean is None else mean + array

@@ -67,7 +67,7 @@ class Sampler:
         out_image = np.zeros((image.shape[0], *self.canvas), np.float32)
         out_labels = np.zeros(self.canvas, np.int64)
         source, target = [], []
-        for size, room in zip(spatial, self.canvas):
+        for size, room in zip(spatial, self.canvas, strict=True):
             if size <= room:
                 offset = int(self.rng.integers(0, room - size + 1))
                 source.append(slice(0, size))
@@ -106,7 +106,7 @@ def patch_cropper(labels: torch.Tensor, patch: int, rng: np.random.Generator, on
             centre = foreground[int(rng.integers(len(foreground)))].tolist()
         else:
             centre = [int(rng.integers(n)) for n in spatial]
-        corners.append([min(max(c - patch // 2, 0), n - patch) for c, n in zip(centre, spatial)])
+        corners.append([min(max(c - patch // 2, 0), n - patch) for c, n in zip(centre, spatial, strict=True)])
 
     def window(b: int) -> tuple[slice, ...]:
         return tuple(slice(c, c + patch) for c in corners[b])
@@ -121,7 +121,7 @@ def patch_cropper(labels: torch.Tensor, patch: int, rng: np.random.Generator, on
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """BCE + (1 - soft Dice), per class with its own sigmoid output (labels 1..K)."""
+    """BCE + (1 - soft Dice), per class with its own sigmoid output (labels 1..C for C classes)."""
     classes = logits.shape[1]
     target = torch.stack([(labels == k + 1) for k in range(classes)], dim=1).to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, target)

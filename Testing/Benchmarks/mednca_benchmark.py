@@ -151,7 +151,7 @@ def worker(spec: dict) -> dict:
             rows.append({"case": case.case_id, "seconds": time.perf_counter() - started})
             predictions.append(labels)
         result["peak_mib"] = peak_mib()  # before the metrics, which are not the model's
-        for row, case, labels in zip(rows, cases, predictions):
+        for row, case, labels in zip(rows, cases, predictions, strict=True):
             for region, values in REGIONS.items():
                 predicted, truth = np.isin(labels, values), np.isin(case.labels, values)
                 row[f"dice_{region}"] = dice(predicted, truth)
@@ -233,7 +233,7 @@ def render(report: dict) -> str:
                   "| s/volume (median) | peak RSS MiB | peak - imports MiB |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, s in v["models"].items():
-            def hd(region: str) -> str:
+            def hd(region: str, s=s) -> str:
                 h = s[f"hd95_{region}"]
                 return f"{h['mean']:.2f}" + (f" ({h['infinite']} inf)" if h["infinite"] else "")
             dices = " | ".join(f"{s[f'dice_{r}']['mean']:.4f} ± {s[f'dice_{r}']['sd']:.4f}" for r in REGIONS)

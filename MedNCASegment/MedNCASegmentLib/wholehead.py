@@ -1,0 +1,139 @@
+"""Both hippocampi of a whole head: segment each located box with the one-hippocampus model,
+place both back into the input, and measure the volumes.
+
+The model was trained on crops around one hippocampus, so a whole head is segmented as two such
+crops: each side's box (see :mod:`.localization`) is resampled onto a grid of the model's spacing
+along the box's axes, the automaton runs there, and its class probabilities come back onto the
+input voxels under the box, where they are decoded and only the largest connected structure is
+kept (one hippocampus per box). The side's label values are the model's, shifted per side
+(left: 1 anterior, 2 posterior; right: 3, 4), as the registry's ``bilateralSegments`` declare.
+
+Arrays are numpy in Slicer's KJI order; positions are RAS mm; volumes are mm^3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from EfficientSegmentationCommon.geometry import VolumeGeometry
+from EfficientSegmentationCommon.grids import KJISlices, crop_to_corners
+from EfficientSegmentationCommon.resampling import resample
+from EfficientSegmentationCommon.segmentation_output import SegmentSpec
+
+from .inference import decode_labels, keep_largest_component
+from .localization import SIDES, HippocampusBox
+from .preprocessing import normalize_intensity
+
+# Node attributes (and CSV columns) that carry the volumes.
+VOLUME_ATTRIBUTE = "MedNCA.Volume"
+
+
+def side_label_offset(side: str, classes: int) -> int:
+    """What is added to the model's label values (1..classes) on ``side``: 0 left, ``classes`` right."""
+    return SIDES.index(side) * classes
+
+
+@dataclass
+class SideResult:
+    """One side's answer: model labels (0..K) on the input voxels under the box, where they lie
+    in the input (``slices``), the quality score per class (NQM) and the summed spread of the
+    runs (or None)."""
+
+    side: str
+    slices: KJISlices
+    labels: np.ndarray
+    quality: np.ndarray
+    spread: np.ndarray | None
+
+
+def segment_side(image: np.ndarray, geometry: VolumeGeometry, box: HippocampusBox, spacing: float,
+                 infer: Callable[[np.ndarray], object], keep_largest: bool = True,
+                 uncertainty: bool = False) -> SideResult:
+    """Segment the hippocampus in ``box`` of ``image`` (raw intensities, KJI, on ``geometry``).
+
+    ``infer`` runs the model on a normalised (D, H, W) array on the box's grid of ``spacing``
+    mm and returns an object with ``mean`` and ``std`` (K, D, H, W) and ``quality`` (K,), as
+    :func:`.inference.segment` does. Raises ``InputVolumeError`` when the box misses the image.
+    """
+    grid = box.grid(spacing)
+    model_image = normalize_intensity(resample(image, geometry, grid, order=1))
+    result = infer(model_image)
+    slices, under_box = crop_to_corners(geometry, box.corners_ras, f"the {box.side} hippocampus box")
+    mean = np.stack([resample(m, grid, under_box, order=1) for m in result.mean])
+    labels = decode_labels(mean)
+    if keep_largest:
+        labels = keep_largest_component(labels)
+    spread = resample(np.asarray(result.std).sum(axis=0), grid, under_box, order=1) if uncertainty else None
+    return SideResult(box.side, slices, labels, np.asarray(result.quality), spread)
+
+
+def place_sides(results: Sequence[SideResult], shape_kji: Sequence[int], classes: int) -> np.ndarray:
+    """Both sides' labels in one label map of the input's shape (left 1..K, right K+1..2K).
+
+    Where boxes overlap, a voxel keeps the first side's label unless that side found nothing there.
+    """
+    labels = np.zeros(tuple(shape_kji), dtype=np.uint8)
+    for result in results:
+        region = labels[result.slices]
+        found = (result.labels > 0) & (region == 0)
+        region[found] = result.labels[found] + side_label_offset(result.side, classes)
+    return labels
+
+
+def asymmetry_index(left_mm3: float, right_mm3: float) -> float:
+    """Left/right asymmetry index in percent: (L - R) / ((L + R) / 2) x 100.
+
+    The standard definition in hippocampal volumetry (e.g. Pedraza et al., J Int Neuropsychol
+    Soc 2004): positive when the left is larger, 0 for equal volumes, within +-200. NaN when
+    both are empty.
+    """
+    mean = (left_mm3 + right_mm3) / 2
+    return (left_mm3 - right_mm3) / mean * 100 if mean > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class HippocampusVolumes:
+    """Volumes (mm^3) of a labelled result: per segment (by name), per side and in total, and the
+    left/right asymmetry index (percent, see :func:`asymmetry_index`)."""
+
+    segments_mm3: dict[str, float]
+    left_mm3: float
+    right_mm3: float
+
+    @property
+    def total_mm3(self) -> float:
+        return self.left_mm3 + self.right_mm3
+
+    @property
+    def asymmetry_percent(self) -> float:
+        return asymmetry_index(self.left_mm3, self.right_mm3)
+
+    def table(self) -> dict[str, float]:
+        """Name -> value, in a fixed order: each segment's mm^3, then left, right, total (mm^3)
+        and the asymmetry index (%). Column names of the CSV report and of node attributes."""
+        row = {f"{name} (mm3)": value for name, value in self.segments_mm3.items()}
+        row.update({"left hippocampus (mm3)": self.left_mm3, "right hippocampus (mm3)": self.right_mm3,
+                    "total (mm3)": self.total_mm3, "asymmetry index (%)": self.asymmetry_percent})
+        return row
+
+    def summary(self) -> str:
+        """One line for people: left, right, total and the asymmetry index."""
+        return (f"left {self.left_mm3:.0f} mm3, right {self.right_mm3:.0f} mm3, total {self.total_mm3:.0f} mm3, "
+                f"asymmetry index (L-R)/((L+R)/2) {self.asymmetry_percent:+.1f} %")
+
+
+def measure_volumes(labels_kji: np.ndarray, geometry: VolumeGeometry, segments: Sequence[SegmentSpec],
+                    classes: int) -> HippocampusVolumes:
+    """Volumes of a bilateral label map: voxel count x voxel volume (|det| of the IJK-to-RAS
+    matrix, mm^3) per segment; a segment's side is that of its label value (1..``classes``
+    left, above right, see :func:`side_label_offset`)."""
+    counts = np.bincount(np.asarray(labels_kji).ravel(), minlength=max(s.label_value for s in segments) + 1)
+    voxel_mm3 = abs(float(np.linalg.det(geometry.ijk_to_ras[:3, :3])))
+    volumes = {spec.name: float(counts[spec.label_value]) * voxel_mm3 for spec in segments}
+    left = sum(volumes[s.name] for s in segments if s.label_value <= classes)
+    right = sum(volumes[s.name] for s in segments if s.label_value > classes)
+    return HippocampusVolumes(volumes, left, right)

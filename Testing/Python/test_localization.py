@@ -106,6 +106,29 @@ def test_rigidly_moved_template(template, hippocampus_rois, seed):
     assert_boxes_hold(locate_hippocampi(resample(image, oblique, scanner), scanner), hippocampus_rois, transform)
 
 
+def test_child_sized_head_on_anisotropic_grid(template, hippocampus_rois):
+    """A head 0.85 times the template's size (a child's), tilted, on 1.2 x 1.2 x 2.5 mm voxels."""
+    image, geometry = template
+    transform = np.eye(4)
+    transform[:3, :3] = 0.85 * Rotation.from_euler("xyz", (15, -10, 20), degrees=True).as_matrix()
+    transform[:3, 3] = (10, -20, 15)
+    moved_grid = VolumeGeometry(transform @ geometry.ijk_to_ras, geometry.shape_kji)
+    scanner = axis_aligned_grid(moved_grid, (1.2, 1.2, 2.5))
+    result = locate_hippocampi(resample(image, moved_grid, scanner), scanner)
+    assert_boxes_hold(result, hippocampus_rois, transform)
+    np.testing.assert_allclose(np.linalg.svd(result.template_to_input[:3, :3], compute_uv=False), 0.85, atol=0.03)
+
+
+def test_field_of_view_missing_the_hippocampi_is_refused(template):
+    """A scan that stops above the temporal lobes' base: most of the brain, not the hippocampi."""
+    image, geometry = template
+    first = int(0.3 * geometry.shape_kji[0])  # drop the lowest 30 % of the axial slices
+    matrix = geometry.ijk_to_ras.copy()
+    matrix[:3, 3] = geometry.voxel_to_ras((0, 0, first))
+    with pytest.raises(LocalizationError, match="outside the field of view"):
+        locate_hippocampi(image[first:], VolumeGeometry(matrix, image[first:].shape))
+
+
 @pytest.mark.parametrize("flipped_axes", [(0, 1), (0,)], ids=["LPS", "LAS-left-handed"])
 def test_reencoded_template(template, hippocampus_rois, flipped_axes):
     """The same head stored in another voxel order: the boxes stay on the same physical side."""

@@ -50,13 +50,13 @@ class SideResult:
     spread: np.ndarray | None
 
 
-def segment_side(image: np.ndarray, geometry: VolumeGeometry, box: HippocampusBox, spacing: float,
+def segment_side(image: np.ndarray, geometry: VolumeGeometry, box: HippocampusBox, spacing: Sequence[float],
                  infer: Callable[[np.ndarray], object], keep_largest: bool = True,
                  uncertainty: bool = False) -> SideResult:
     """Segment the hippocampus in ``box`` of ``image`` (raw intensities, KJI, on ``geometry``).
 
     ``infer`` runs the model on a normalised (D, H, W) array on the box's grid of ``spacing``
-    mm and returns an object with ``mean`` and ``std`` (K, D, H, W) and ``quality`` (K,), as
+    (mm, I J K) and returns an object with ``mean`` and ``std`` (K, D, H, W) and ``quality`` (K,), as
     :func:`.inference.segment` does. Raises ``InputVolumeError`` when the box misses the image.
     """
     grid = box.grid(spacing)

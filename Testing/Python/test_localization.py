@@ -78,7 +78,7 @@ def test_template_itself(template, hippocampus_rois):
     # The margin widens the template's 30 x 40 x 40 mm box on both sides.
     np.testing.assert_allclose(result.left.size, np.add(localization.MNI_BOX_SIZE_MM, 10.0), atol=1.0)
     assert result.normalised_mi > 1.9
-    grid = result.left.grid(1.0)  # the model's crop: 1 mm along the box's axes, covering the box
+    grid = result.left.grid((1.0, 1.0, 1.0))  # the model's crop: 1 mm along the box's axes, covering the box
     assert grid.shape_ijk == tuple(int(np.ceil(s - 1e-6)) for s in result.left.size)
     low, high = grid.bounds_ras()
     assert np.all(low <= result.left.corners_ras.min(axis=0) + 1e-6)

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"({result['added_mib']:.0f})                {result['normalised_mi']:.3f}")
         lines += ["", "segmentation (mednca-segment)       seconds  peak RSS MiB  time vs crop"]
         path = str(cases["template RAS 1 mm"])
-        for what, label in (("crop", "hand-cropped left box (baseline)"), ("head", "whole head, both sides")):
+        for what in ("crop", "head"):
             measured = measure_in_fresh_process(Path(__file__), {"what": what, "path": path, "runs": args.runs,
                                                                  "threads": args.threads}, args.threads,
                                                 f"{what} template", SOURCES)

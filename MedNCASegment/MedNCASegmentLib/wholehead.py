@@ -97,43 +97,52 @@ def asymmetry_index(left_mm3: float, right_mm3: float) -> float:
 
 @dataclass(frozen=True)
 class HippocampusVolumes:
-    """Volumes (mm^3) of a labelled result: per segment (by name), per side and in total, and the
-    left/right asymmetry index (percent, see :func:`asymmetry_index`)."""
+    """Volumes (mm^3) of a labelled result: per segment (by name) and in total, and for both
+    sides (whole head) per side and the left/right asymmetry index (percent, see
+    :func:`asymmetry_index`); ``left_mm3``/``right_mm3`` are None for one hippocampus (a crop)."""
 
     segments_mm3: dict[str, float]
-    left_mm3: float
-    right_mm3: float
+    left_mm3: float | None = None
+    right_mm3: float | None = None
 
     @property
     def total_mm3(self) -> float:
-        return self.left_mm3 + self.right_mm3
+        return float(sum(self.segments_mm3.values()))
 
     @property
-    def asymmetry_percent(self) -> float:
+    def asymmetry_percent(self) -> float | None:
+        if self.left_mm3 is None or self.right_mm3 is None:
+            return None
         return asymmetry_index(self.left_mm3, self.right_mm3)
 
-    def table(self) -> dict[str, float]:
-        """Name -> value, in a fixed order: each segment's mm^3, then left, right, total (mm^3)
-        and the asymmetry index (%). Column names of the CSV report and of node attributes."""
-        row = {f"{name} (mm3)": value for name, value in self.segments_mm3.items()}
+    def table(self) -> dict[str, float | None]:
+        """Name -> value, in a fixed order: each segment's mm^3, then left, right (None for a
+        crop), total (mm^3) and the asymmetry index (%, None for a crop). The columns of the
+        CSV report and the names of the node attributes."""
+        row: dict[str, float | None] = {f"{name} (mm3)": value for name, value in self.segments_mm3.items()}
         row.update({"left hippocampus (mm3)": self.left_mm3, "right hippocampus (mm3)": self.right_mm3,
                     "total (mm3)": self.total_mm3, "asymmetry index (%)": self.asymmetry_percent})
         return row
 
     def summary(self) -> str:
-        """One line for people: left, right, total and the asymmetry index."""
+        """One line for people."""
+        if self.left_mm3 is None or self.right_mm3 is None:
+            parts = ", ".join(f"{name} {value:.0f}" for name, value in self.segments_mm3.items())
+            return f"volume {self.total_mm3:.0f} mm3 ({parts})"
         return (f"left {self.left_mm3:.0f} mm3, right {self.right_mm3:.0f} mm3, total {self.total_mm3:.0f} mm3, "
                 f"asymmetry index (L-R)/((L+R)/2) {self.asymmetry_percent:+.1f} %")
 
 
 def measure_volumes(labels_kji: np.ndarray, geometry: VolumeGeometry, segments: Sequence[SegmentSpec],
-                    classes: int) -> HippocampusVolumes:
-    """Volumes of a bilateral label map: voxel count x voxel volume (|det| of the IJK-to-RAS
-    matrix, mm^3) per segment; a segment's side is that of its label value (1..``classes``
-    left, above right, see :func:`side_label_offset`)."""
+                    classes: int | None = None) -> HippocampusVolumes:
+    """Volumes of a label map on ``geometry``: voxel count x voxel volume (|det| of the
+    IJK-to-RAS matrix, mm^3) per segment. With ``classes`` (the model's K) the map holds both
+    sides: label values 1..K are the left, K+1..2K the right (see :func:`side_label_offset`)."""
     counts = np.bincount(np.asarray(labels_kji).ravel(), minlength=max(s.label_value for s in segments) + 1)
     voxel_mm3 = abs(float(np.linalg.det(geometry.ijk_to_ras[:3, :3])))
     volumes = {spec.name: float(counts[spec.label_value]) * voxel_mm3 for spec in segments}
+    if classes is None:
+        return HippocampusVolumes(volumes)
     left = sum(volumes[s.name] for s in segments if s.label_value <= classes)
     right = sum(volumes[s.name] for s in segments if s.label_value > classes)
     return HippocampusVolumes(volumes, left, right)

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from EfficientSegmentationCommon.geometry import VolumeGeometry
+from EfficientSegmentationCommon.progress import ProgressCallback, scaled
 from EfficientSegmentationCommon.grids import KJISlices, crop_to_corners
 from EfficientSegmentationCommon.resampling import resample
 from EfficientSegmentationCommon.segmentation_output import SegmentSpec
 
 from .inference import decode_labels, keep_largest_component
-from .localization import SIDES, HippocampusBox
+from .localization import SIDES, HippocampusBox, Localization, locate_hippocampi
 from .preprocessing import normalize_intensity
 
 # Node attributes (and CSV columns) that carry the volumes.
@@ -82,6 +83,61 @@ def place_sides(results: Sequence[SideResult], shape_kji: Sequence[int], classes
         found = (result.labels > 0) & (region == 0)
         region[found] = result.labels[found] + side_label_offset(result.side, classes)
     return labels
+
+
+@dataclass
+class HeadResult:
+    """Both sides of a head on the input grid: labels (left 1..K, right K+1..2K), the quality
+    score per side and class, the summed spread of the runs (or None), the boxes used, and the
+    localisation (None when the boxes were given)."""
+
+    labels: np.ndarray
+    quality: dict[str, np.ndarray]
+    spread: np.ndarray | None
+    boxes: dict[str, HippocampusBox]
+    localization: Localization | None
+
+
+# Share of a whole-head run's time spent locating (about 1-3 s against tens of seconds per side).
+LOCATE_SHARE = 0.05
+
+
+def segment_head(image: np.ndarray, geometry: VolumeGeometry, spacing: Sequence[float], classes: int,
+                 infer: Callable[[np.ndarray, ProgressCallback], object],
+                 boxes: dict[str, HippocampusBox] | None = None, keep_largest: bool = True,
+                 uncertainty: bool = False, progress: ProgressCallback | None = None) -> HeadResult:
+    """Segment both hippocampi of a head ``image`` (raw intensities, KJI, on ``geometry``).
+
+    Locates the boxes (:func:`.localization.locate_hippocampi`) unless ``boxes`` gives them
+    (e.g. as the user adjusted them), then segments each side (:func:`segment_side`) with
+    ``infer(model_image, progress)`` and places both in one label map. Progress messages name
+    the stage: "locating", "left", "right". Raises ``LocalizationError`` when the head cannot
+    be located, and whatever ``infer`` or ``progress`` raise (a cancel request).
+    """
+    report = progress or (lambda fraction, message: None)
+    localization = None
+    if boxes is None:
+        report(0.0, "locating the hippocampi")
+        localization = locate_hippocampi(image, geometry)
+        boxes = {side: localization.box(side) for side in SIDES}
+    start = LOCATE_SHARE if localization is not None else 0.0
+    results = []
+    for index, side in enumerate(SIDES):
+        share = (1.0 - start) / len(SIDES)
+        side_progress = scaled(report, start + index * share, start + (index + 1) * share)
+
+        def run(model_image: np.ndarray, side=side, side_progress=side_progress):
+            return infer(model_image, lambda fraction, message: side_progress(fraction, f"{side}: {message}"))
+
+        side_progress(0.0, f"{side}: segmenting")
+        results.append(segment_side(image, geometry, boxes[side], spacing, run, keep_largest, uncertainty))
+    labels = place_sides(results, geometry.shape_kji, classes)
+    spread = None
+    if uncertainty:
+        spread = np.zeros(geometry.shape_kji, dtype=np.float32)
+        for result in results:
+            spread[result.slices] = np.maximum(spread[result.slices], result.spread)
+    return HeadResult(labels, {r.side: r.quality for r in results}, spread, dict(boxes), localization)
 
 
 def asymmetry_index(left_mm3: float, right_mm3: float) -> float:

@@ -38,12 +38,11 @@ class MedNCASettings:
     uncertainty_volume: bool = option(False, "also write the spread of the runs as a volume", cli=False)
     mirror: bool = option(True, "every second run sees the volume mirrored left-right (the model is trained with flips)")
     mode: str = option("auto", "auto: on a whole head (field of view 80 mm or more) locate and segment both "
-                       "hippocampi, on a crop around one hippocampus segment it as it is; head or crop forces either")
+                       "hippocampi, on a crop around one hippocampus segment it as it is; head or crop forces either",
+                       choices=MODES)
 
     def __post_init__(self) -> None:
         validate(self)
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
 
     def inference_keywords(self) -> dict[str, Any]:
         """Keyword arguments of ``MedNCASegmentLib.inference.segment`` for these settings."""

@@ -64,7 +64,10 @@ def segment_side(image: np.ndarray, geometry: VolumeGeometry, box: HippocampusBo
     model_image = normalize_intensity(resample(image, geometry, grid, order=1))
     result = infer(model_image)
     slices, under_box = crop_to_corners(geometry, box.corners_ras, f"the {box.side} hippocampus box")
-    mean = np.stack([resample(m, grid, under_box, order=1) for m in result.mean])
+    # Voxels of the input under the box's corners but outside the (rotated) box stay background.
+    ijk = np.stack(np.meshgrid(*(np.arange(n) for n in under_box.shape_ijk), indexing="ij"), axis=-1)
+    inside = box.contains(under_box.voxel_to_ras(ijk)).transpose(2, 1, 0)
+    mean = np.stack([resample(m, grid, under_box, order=1) * inside for m in result.mean])
     labels = decode_labels(mean)
     if keep_largest:
         labels = keep_largest_component(labels)

@@ -63,23 +63,32 @@ def reencoded(image: np.ndarray, geometry: VolumeGeometry, flipped_axes) -> tupl
     return np.ascontiguousarray(array), VolumeGeometry(geometry.ijk_to_ras @ flip, geometry.shape_kji)
 
 
-@pytest.fixture(scope="module")
-def head_runs():
-    """One whole-head run (1 stochastic run, default mode "auto") per encoding of the template."""
-    scene = create_scene()
-    logic = MedNCASegmentLogic(scene)
-    template = nibabel.load(str(template_path()))
-    image = np.asarray(template.dataobj, dtype=np.float32).transpose(2, 1, 0)
-    geometry = VolumeGeometry(template.affine, image.shape)
-    runs = {}
-    for name, flipped_axes in ENCODINGS.items():
-        array, grid = reencoded(image, geometry, flipped_axes)
-        volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"MNI152 {name}")
+class HeadRuns(dict):
+    """Whole-head runs (1 stochastic run, default mode "auto") of the template per encoding, made
+    when a test first asks for one: encoding -> (result, progress messages, volume node, grid)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scene = create_scene()
+        self.logic = MedNCASegmentLogic(self.scene)
+        template = nibabel.load(str(template_path()))
+        self.image = np.asarray(template.dataobj, dtype=np.float32).transpose(2, 1, 0)
+        self.geometry = VolumeGeometry(template.affine, self.image.shape)
+
+    def __missing__(self, name: str):
+        array, grid = reencoded(self.image, self.geometry, ENCODINGS[name])
+        volume = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"MNI152 {name}")
         update_volume_from_array(volume, array, grid)
         messages: list[str] = []
-        result = logic.segment(volume, runs=1, progressCallback=lambda _, message, into=messages: into.append(message))
-        runs[name] = (result, messages, volume, grid)
-    return scene, logic, runs
+        result = self.logic.segment(volume, runs=1, progressCallback=lambda _, message: messages.append(message))
+        self[name] = (result, messages, volume, grid)
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def head_runs():
+    runs = HeadRuns()
+    return runs.scene, runs.logic, runs
 
 
 def voxel_positions(labels: np.ndarray, geometry: VolumeGeometry, values) -> np.ndarray:

@@ -178,3 +178,36 @@ def test_msd_crop_keeps_the_single_structure_path_and_head_mode_refuses_it(scene
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == before  # nothing written
     with pytest.raises(ValueError, match="mode must be one of"):
         MedNCASettings(mode="both")
+
+
+def test_cli_manual_roi_and_volumes_csv(tmp_path, capsys):
+    """``--roi`` segments one hippocampus in a box given in mm; ``--volumes`` writes a row per input,
+    failed ones included; ``--mode head`` on a crop is refused with a message suggesting an ROI."""
+    import csv
+
+    from conftest import hippocampus_paths
+    from MedNCASegmentLib import cli
+
+    image, _ = hippocampus_paths("hippocampus_001")
+    centre = VolumeGeometry(nibabel.load(str(image)).affine, (35, 51, 35)).voxel_to_ras((17, 25, 17))
+    table = tmp_path / "volumes.csv"
+    status = cli.main([str(image), "-o", str(tmp_path / "out"), "--runs", "1", "--format", "nii.gz",
+                       "--roi", *(str(v) for v in centre), "30", "40", "30", "--volumes", str(table)])
+    printed = capsys.readouterr().out
+    assert status == 0 and "crop mode" in printed and "volume" in printed
+    (row,) = list(csv.DictReader(table.open()))
+    written = np.asarray(nibabel.load(str(tmp_path / "out" / "hippocampus_001.nii.gz")).dataobj)
+    assert row["status"] == "ok" and row["mode"] == "crop" and row["left hippocampus (mm3)"] == ""
+    assert float(row["total (mm3)"]) == pytest.approx(np.count_nonzero(written), abs=0.05)  # 1 mm voxels
+    assert float(row["anterior hippocampus (mm3)"]) == pytest.approx(np.count_nonzero(written == 1), abs=0.05)
+    outside = np.ones(written.shape, bool)
+    outside[2:33, 5:46, 2:33] = False  # the voxels whose centres lie in the 30 x 40 x 30 mm box (I, J, K)
+    assert not written[outside].any()
+
+    status = cli.main([str(image), "-o", str(tmp_path / "head"), "--mode", "head", "--volumes", str(table)])
+    printed = capsys.readouterr().out
+    assert status == 1 and "too small" in printed and "--roi" in printed
+    (row,) = list(csv.DictReader(table.open()))
+    assert row["status"] == "failed" and not (tmp_path / "head").exists()
+    with pytest.raises(SystemExit):
+        cli.parse_args([str(image), "-o", str(tmp_path), "--mode", "both"])

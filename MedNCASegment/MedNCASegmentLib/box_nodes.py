@@ -8,14 +8,17 @@ from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 from .localization import HippocampusBox
 
-# Attribute that marks an ROI node as a side's box (value: "left" or "right").
+# Attributes that mark an ROI node as a side's box (value: "left" or "right") and name the
+# volume node (its ID) it was located in.
 SIDE_ATTRIBUTE = "MedNCA.HippocampusSide"
+VOLUME_ATTRIBUTE = "MedNCA.HippocampusBoxVolume"
 COLORS = {"left": (0.95, 0.55, 0.15), "right": (0.2, 0.6, 0.95)}
 
 
-def box_to_roi(scene, box: HippocampusBox, name: str, roi=None):
+def box_to_roi(scene, box: HippocampusBox, name: str, roi=None, volume=None):
     """Show ``box`` as a ``vtkMRMLMarkupsROINode`` (centre, size and rotation), in ``roi`` if given
-    (updated in place) or in a new node named ``name``; returns the node."""
+    (updated in place) or in a new node named ``name``, marked as located in ``volume`` (a node)
+    if given; returns the node."""
     if roi is None:
         roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
         roi.CreateDefaultDisplayNodes()
@@ -30,7 +33,16 @@ def box_to_roi(scene, box: HippocampusBox, name: str, roi=None):
     roi.SetAndObserveObjectToNodeMatrix(matrix)
     roi.SetSize(*(float(s) for s in box.size))
     roi.SetAttribute(SIDE_ATTRIBUTE, box.side)
+    if volume is not None:
+        roi.SetAttribute(VOLUME_ATTRIBUTE, volume.GetID())
     return roi
+
+
+def located_in_other_volume(roi, volume) -> bool:
+    """Whether ``roi`` is a box located in another volume than ``volume`` (a box the user made,
+    without the mark, is not)."""
+    located = roi.GetAttribute(VOLUME_ATTRIBUTE)
+    return bool(located) and (volume is None or located != volume.GetID())
 
 
 def box_from_roi(side: str, roi) -> HippocampusBox:

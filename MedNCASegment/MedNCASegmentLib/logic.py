@@ -265,7 +265,7 @@ class MedNCASegmentLogic(RegistryLogic):
             boxes = {}
             if head is not None:
                 boxes = job.box_nodes or {
-                    side: box_to_roi(self.scene, box, f"{volume.GetName()} {side} hippocampus box")
+                    side: box_to_roi(self.scene, box, f"{volume.GetName()} {side} hippocampus box", volume=volume)
                     for side, box in head.boxes.items()}
             uncertainty = None
             if spread is not None:

@@ -26,9 +26,15 @@ def panel_settings(parameters) -> MedNCASettings:
 
 def panel_boxes(parameters) -> dict[str, object] | None:
     """The boxes a whole-head run segments in: the parameter node's ``leftBox`` and ``rightBox``
-    when both are set and there is no ``inputROI`` (which asks for one hippocampus), else None
-    (locate them)."""
-    if parameters.inputROI is not None or parameters.leftBox is None or parameters.rightBox is None:
+    when both are set, neither was located in another volume than ``inputVolume`` (after the
+    user picks another scan, its hippocampi are located anew) and there is no ``inputROI``
+    (which asks for one hippocampus); else None (locate them)."""
+    from .box_nodes import located_in_other_volume
+
+    boxes = (parameters.leftBox, parameters.rightBox)
+    if parameters.inputROI is not None or any(box is None for box in boxes):
+        return None
+    if any(located_in_other_volume(box, parameters.inputVolume) for box in boxes):
         return None
     return {"left": parameters.leftBox, "right": parameters.rightBox}
 

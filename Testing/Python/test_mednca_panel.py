@@ -380,11 +380,18 @@ def test_check_device():
             torch_setup.check_device("cuda")
 
 
-def test_whole_head_boxes_are_reused_only_as_a_pair_and_not_with_an_roi():
-    left, right, roi = object(), object(), object()
-    assert panel_boxes(panel_parameters(leftBox=left, rightBox=right)) == {"left": left, "right": right}
-    assert panel_boxes(panel_parameters(leftBox=left)) is None  # locate again
-    assert panel_boxes(panel_parameters(leftBox=left, rightBox=right, inputROI=roi)) is None  # one hippocampus
+def test_whole_head_boxes_are_reused_only_as_a_pair_of_this_volume_and_not_with_an_roi(scene):
+    from MedNCASegmentLib.box_nodes import VOLUME_ATTRIBUTE
+
+    volume, other = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name) for name in ("head", "other head"))
+    left, right, roi = (scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name) for name in ("l", "r", "roi"))
+    for box in (left, right):
+        box.SetAttribute(VOLUME_ATTRIBUTE, volume.GetID())
+    assert panel_boxes(panel_parameters(inputVolume=volume, leftBox=left, rightBox=right)) == {"left": left,
+                                                                                               "right": right}
+    assert panel_boxes(panel_parameters(inputVolume=volume, leftBox=left)) is None  # locate again
+    assert panel_boxes(panel_parameters(inputVolume=other, leftBox=left, rightBox=right)) is None  # another scan
+    assert panel_boxes(panel_parameters(inputVolume=volume, leftBox=left, rightBox=right, inputROI=roi)) is None
     assert panel_settings(panel_parameters(mode="head")).mode == "head"
 
 

@@ -4,8 +4,9 @@ single-structure command on a hand-cropped box of the same case; prints a table 
     python Testing/Benchmarks/wholehead_benchmark.py --threads 2 --runs 10 --json runs/wholehead.json
 
 Case: the MNI152 2009a template that nilearn ships (a whole brain, skull-stripped, 1 mm,
-197x233x189), as stored (RAS), re-encoded LPS, and resampled onto a tilted 0.8 mm scanner grid
-(236x291x246 voxels: the size of a typical 3D T1). Every figure comes from a fresh Python
+197x233x189), as stored (RAS), re-encoded LPS, and tilted by (12, -8, 15) degrees and resampled
+onto the axis-aligned 0.8 mm grid that covers it (336x392x323 voxels, 42 million: more than a
+typical 3D T1). Every figure comes from a fresh Python
 process (this script with ``--worker``, see measurement.py), so each peak resident set size
 belongs to one thing:
 

@@ -12,6 +12,7 @@ import pytest
 from conftest import load_case
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import crop_to_roi
+from EfficientSegmentationCommon.metrics import dice
 from EfficientSegmentationCommon.scene import create_scene
 from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels
 from EfficientSegmentationCommon.volume_arrays import update_volume_from_array
@@ -143,18 +144,17 @@ def test_volumes_are_voxel_counts_of_the_exported_labelmap(head_runs):
 
 @pytest.mark.parametrize("encoding", ["LPS", "LAS-left-handed"])
 def test_left_and_right_are_physical_whatever_the_voxel_order(head_runs, encoding):
-    """Stored LPS or left-handed, the left segments lie at R < 0 (the patient's left) and each
-    side's volume matches the RAS copy's: the same physical head gives the same answer. Within
-    10 %: the registrations differ by a few hundredths of a mm (the 4 mm copies are averaged
-    from the other end), and one stochastic run of the automaton follows that (measured: 2 % and
-    7 % per side; the anterior/posterior split moves more, up to 15 %)."""
+    """Stored LPS or left-handed, the left segments lie at R < 0 (the patient's left), and each
+    side covers the same physical voxels as in the RAS copy (Dice over 0.8: one stochastic run
+    is noisy, its volume moved by up to 10 % between these physically identical inputs)."""
     _, _, runs = head_runs
     reference = runs["RAS"][0]
     result, _, _, geometry = runs[encoding]
     assert voxel_positions(result.labels, geometry, [1, 2])[:, 0].max() < 0
     assert voxel_positions(result.labels, geometry, [3, 4])[:, 0].min() > 0
-    assert result.volumes.left_mm3 == pytest.approx(reference.volumes.left_mm3, rel=0.1)
-    assert result.volumes.right_mm3 == pytest.approx(reference.volumes.right_mm3, rel=0.1)
+    in_ras_order = np.flip(result.labels, axis=[2 - axis for axis in ENCODINGS[encoding]])
+    for values in ((1, 2), (3, 4)):
+        assert dice(np.isin(in_ras_order, values), np.isin(reference.labels, values)) > 0.8, values
 
 
 def test_adjusted_boxes_are_used_as_placed(head_runs):

@@ -42,6 +42,7 @@ from EfficientSegmentationCommon.segment_widget import (  # noqa: E402
     settingsParameters,
 )
 from MedNCASegmentLib.panel import (  # noqa: E402
+    panel_boxes,
     panel_settings,
     run_summary,
     trained_settings,
@@ -61,7 +62,9 @@ class MedNCASegment(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Segments the hippocampus (anterior and posterior parts) in T1-weighted MRI with Med-NCA, "
             "a neural cellular automaton small enough to run on an ordinary CPU. Select the input volume "
-            "(and, on a whole-head scan, an ROI around one hippocampus), then click Segment; the button "
+            "and click Segment: on a whole-head scan both hippocampi are located (shown as the left and "
+            "right boxes, which you can adjust and segment again) and segmented, and their volumes are "
+            "shown; a crop around one hippocampus, or an ROI, is segmented as one hippocampus. The button "
             "turns into Cancel while the model runs, and Slicer stays usable. After the run, the quality "
             "score (NQM) tells how much the stochastic runs disagreed: a high score, shown in red, signals "
             "a likely failure. PyTorch is installed through the PyTorch extension on first use. "
@@ -81,15 +84,19 @@ class MedNCASegmentParameterNode(settingsParameters(MedNCASettings)):
     keepLargestComponent, uncertaintyVolume), and these.
 
     inputVolume: the volume to segment.
-    inputROI: optional markups ROI; only the voxels inside it are segmented.
+    inputROI: optional markups ROI; only the voxels inside it are segmented (one hippocampus).
     outputSegmentation: segmentation whose segments are replaced by the result (None: a new one).
     useTrainedSettings: leave globalSteps, refinementSteps and downscale to the model.
+    leftBox, rightBox: whole-head mode: the boxes of the last run, as the user may have adjusted
+        them; with both set, the next run segments in them instead of locating (see panel_boxes).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     inputROI: vtkMRMLMarkupsROINode
     outputSegmentation: vtkMRMLSegmentationNode
     useTrainedSettings: bool = True
+    leftBox: vtkMRMLMarkupsROINode
+    rightBox: vtkMRMLMarkupsROINode
 
 
 class MedNCASegmentWidget(SegmentWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -133,7 +140,8 @@ class MedNCASegmentWidget(SegmentWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
     def _prepareJob(self):
         node = self._parameterNode
-        return self.logic.prepare(node.inputVolume, panel_settings(node), node.inputROI, node.outputSegmentation)
+        return self.logic.prepare(node.inputVolume, panel_settings(node), node.inputROI, node.outputSegmentation,
+                                  boxes=panel_boxes(node))
 
     def _runSummary(self, result, job) -> RunSummary:
         return run_summary(result, job.settings.runs)
@@ -142,6 +150,9 @@ class MedNCASegmentWidget(SegmentWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         """Select the new segmentation as output (a new run replaces it) and show it in the views."""
         if self._parameterNode:
             self._parameterNode.outputSegmentation = result.segmentation
+            if result.boxes:  # whole head: show the boxes used, to adjust and segment again
+                self._parameterNode.leftBox = result.boxes["left"]
+                self._parameterNode.rightBox = result.boxes["right"]
             if self._parameterNode.useTrainedSettings:  # show what the model used
                 try:
                     for name, value in trained_settings(self.logic.trainedConfig(job)).items():

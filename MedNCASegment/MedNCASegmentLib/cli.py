@@ -4,12 +4,21 @@
 
 Runs the module's own logic on a slicer-core MRML scene and writes ``OUTDIR/<name>.seg.nrrd``
 (or, with ``--format nii.gz``, a label map with the model card's label values: 1 anterior,
-2 posterior) in the input's geometry. Prints the quality score per volume and a summary.
+2 posterior; on a whole head 1-2 left, 3-4 right) in the input's geometry. Prints the quality
+score and the volumes per volume, and a summary.
+
+On a whole head (``--mode auto``, the default, with a field of view of 80 mm or more, or
+``--mode head``) both hippocampi are located and segmented; a crop around one hippocampus (the
+MSD crops) is segmented as it is. ``--roi R A S SIZE_R SIZE_A SIZE_S`` segments one hippocampus
+in a box given in RAS millimetres (centre and size), e.g. where localisation fails.
+``--volumes volumes.csv`` writes one row per input: mm^3 per segment, per side and in total, and
+the left/right asymmetry index (L-R)/((L+R)/2) x 100 %.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +29,7 @@ from EfficientSegmentationCommon.settings import add_arguments
 
 from .logic import MedNCASegmentLogic
 from .settings import MedNCASettings
+from .wholehead import HippocampusVolumes
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -28,6 +38,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="+", help="volumes to segment (.nii.gz, .nii, .nrrd, ...)")
     parser.add_argument("-o", "--output-dir", type=Path, required=True)
     add_arguments(parser, MedNCASettings)
+    parser.add_argument("--roi", type=float, nargs=6, metavar=("R", "A", "S", "SIZE_R", "SIZE_A", "SIZE_S"),
+                        default=None, help="segment one hippocampus in this box: centre and size in RAS mm")
+    parser.add_argument("--volumes", type=Path, default=None, metavar="CSV",
+                        help="write the volumes (mm3) and the asymmetry index of every input to this CSV file")
     parser.add_argument("--format", choices=batch.FORMATS, default="seg.nrrd")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     return parser.parse_args(argv)
@@ -35,6 +49,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.roi and min(args.roi[3:]) <= 0:
+        print(f"mednca-segment: --roi sizes must be positive, not {args.roi[3:]}", file=sys.stderr)
+        return 2
     try:
         session = batch.start_command(args, MedNCASegmentLogic, MedNCASettings)
         scene, logic, settings, entry = session.scene, session.logic, session.settings, session.entry
@@ -45,23 +62,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"model: {entry.id} ({entry.title}); {settings.runs} runs; output: {args.output_dir}", flush=True)
     for note in notes:
         print(f"note: {note}", flush=True)
+    rows: list[dict[str, str]] = []
 
     def process(path: str) -> batch.BatchOutcome:
         volume = load_volume(scene, path, names[path])
+        row = {"input": path, "status": "failed", "mode": ""}
+        rows.append(row)
         try:
-            result = logic.segment(volume, settings, progressCallback=batch.ProgressBar(volume.GetName()))
+            roi = manual_roi(scene, args.roi) if args.roi else None
+            result = logic.segment(volume, settings, roi=roi, progressCallback=batch.ProgressBar(volume.GetName()))
             written = batch.write_result(result, batch.output_path(args.output_dir, volume.GetName(), args.format),
                                          volume)
+            row.update(volume_row(result.mode, result.volumes), status="ok")
             quality = ", ".join(f"{name} {score:.3f}" for name, score in result.quality.items())
-            warning = " WARNING: likely failure" if result.likely_failure else ""
-            notes = "".join(f"; note: {w}" for w in result.warnings)
+            warning = "".join(f" WARNING: {text}" for text in result.warnings)
             return batch.BatchOutcome(volume.GetName(), True,
-                                f"{written} ({result.seconds:.1f} s; quality score NQM: {quality}){warning}{notes}",
-                                result.seconds)
+                                      f"{written} ({result.seconds:.1f} s, {result.mode} mode; "
+                                      f"{result.volumes.summary()}; quality score NQM: {quality}){warning}",
+                                      result.seconds)
         finally:
             scene.Clear(0)  # keep memory flat over long batches
 
-    return batch.run_batch(inputs, process, names)
+    status = batch.run_batch(inputs, process, names)
+    if args.volumes:
+        write_volumes(args.volumes, rows)
+        print(f"volumes: {args.volumes} ({len(rows)} rows)", flush=True)
+    return status
+
+
+def manual_roi(scene, values):
+    """A markups ROI node from ``--roi R A S SIZE_R SIZE_A SIZE_S`` (RAS mm)."""
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "manual box")
+    roi.SetCenter(*values[:3])
+    roi.SetSize(*values[3:])
+    return roi
+
+
+def volume_row(mode: str, volumes: HippocampusVolumes) -> dict[str, str]:
+    """A CSV row's values: the mode and each volume (mm3, 1 decimal; empty where it does not apply)."""
+    row = {"mode": mode}
+    for column, value in volumes.table().items():
+        row[column] = "" if value is None else f"{value:.1f}"
+    return row
+
+
+def write_volumes(path: Path, rows: list[dict[str, str]]) -> None:
+    """One row per input (failed ones with their status and no volumes); the columns are the
+    union of the rows' (crop and head inputs name their segments differently)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [column for column in row if column not in columns]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 if __name__ == "__main__":

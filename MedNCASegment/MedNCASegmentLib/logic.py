@@ -5,6 +5,11 @@
     result = MedNCASegmentLogic().segment(volumeNode, MedNCASettings(runs=10))  # or segment(volumeNode, runs=10)
     print(result.segmentation.GetName(), result.quality)
 
+On a whole head (``MedNCASettings.mode`` "head", or "auto" with a field of view of 80 mm or more)
+both hippocampi are located by registration to the MNI152 template and each is segmented in its
+box (``wholehead``); the result has left and right segments, their volumes and the boxes as
+markups ROI nodes, which the user may adjust and pass back as ``boxes``.
+
 Used by the panel, the headless CLI and Slicer's Python console alike, on any MRML scene
 (Slicer's own, or a headless slicer-core scene). A run has three phases so that the panel can
 keep Slicer responsive: ``prepare`` reads the scene (main thread), ``compute`` runs the model
@@ -17,12 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from EfficientSegmentationCommon.errors import describe_node
+from EfficientSegmentationCommon.errors import ModelError, describe_node
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import KJISlices, axis_aligned_grid, crop_to_roi, paste
 from EfficientSegmentationCommon.input_files import check_source_files
@@ -35,10 +41,16 @@ from EfficientSegmentationCommon.settings import settings_from_keywords
 from EfficientSegmentationCommon.torch_setup import check_device
 from EfficientSegmentationCommon.volume_arrays import array_from_volume
 
+from .box_nodes import box_from_roi, box_to_roi
+from .localization import SIDES, HippocampusBox, Localization, choose_mode, template_path
 from .preprocessing import normalize_intensity
 from .settings import MedNCASettings
+from .wholehead import HeadResult, HippocampusVolumes, measure_volumes
 
 QUALITY_ATTRIBUTE = "MedNCA.QualityScore"
+# Node attributes holding the volumes (mm^3) and the asymmetry index (%): "<prefix>.<column>",
+# the columns of ``HippocampusVolumes.table``.
+VOLUME_ATTRIBUTE = "MedNCA.Volume"
 
 
 @dataclass
@@ -48,12 +60,15 @@ class MedNCAJob:
     input_volume: object
     entry: ModelEntry
     settings: MedNCASettings
-    image: np.ndarray  # normalised, KJI, on ``geometry`` (the input or its ROI crop)
+    image: np.ndarray  # KJI, on ``geometry`` (the input or its ROI crop); normalised, raw in head mode
     geometry: VolumeGeometry
     full_geometry: VolumeGeometry
     crop: KJISlices | None
     output_segmentation: object | None
     notes: list[str] = field(default_factory=list)  # warnings about the input (its file), for the result
+    mode: str = "crop"  # "crop" (one hippocampus) or "head" (both, in their boxes)
+    boxes: dict[str, HippocampusBox] | None = None  # head mode: the boxes the user placed (else located)
+    box_nodes: dict[str, object] | None = None  # their ROI nodes
 
 
 @dataclass
@@ -62,8 +77,9 @@ class MedNCAComputed:
 
     labels: np.ndarray
     spread: np.ndarray
-    quality: np.ndarray
+    quality: np.ndarray  # per segment, in the order of the segments written (head mode: both sides')
     seconds: float
+    head: HeadResult | None = None
 
 
 @dataclass
@@ -79,6 +95,10 @@ class MedNCAResult:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     quality_warning_threshold: float | None = None
+    mode: str = "crop"  # "crop" (one hippocampus) or "head" (both)
+    volumes: HippocampusVolumes | None = None  # mm^3 per segment (and side), from ``labels``
+    boxes: dict[str, object] = field(default_factory=dict)  # head mode: ROI node per side
+    localization: Localization | None = None  # head mode, when the boxes were located
 
     @property
     def likely_failure(self) -> bool:
@@ -105,48 +125,68 @@ class MedNCASegmentLogic(RegistryLogic):
 
     def segment(self, inputVolume, settings: MedNCASettings | None = None, roi=None, outputSegmentation=None,
                 progressCallback: ProgressCallback | None = None, cancelRequest: CancelRequest | None = None,
-                **options) -> MedNCAResult:
+                boxes=None, **options) -> MedNCAResult:
         """Segment ``inputVolume`` and return the result; blocking, no dialogs.
 
         Args:
             inputVolume: a scalar volume node (T1 MRI).
             settings: how to segment (``MedNCASettings``); default: the model card's.
-            roi: a markups ROI node: only its box is segmented; the result lies in the input's
-                full geometry.
+            roi: a markups ROI node around one hippocampus: only its box is segmented (the
+                single-structure path, whatever the mode); the result lies in the input's full geometry.
             outputSegmentation: a segmentation node to overwrite (default: a new one).
             progressCallback: ``(fraction, message)``, called often; raising in it stops the run.
             cancelRequest: ``cancel()`` it from another thread to stop the run at its next step
                 with ``CancelledError``.
+            boxes: head mode with the boxes as the user placed them: ROI nodes of the left and
+                right hippocampus (a pair, or a mapping "left"/"right" to nodes, e.g. a previous
+                result's ``boxes``); no localisation then.
             options: any setting as a keyword, in camelCase or as the field name, applied over
                 ``settings``: ``model``, ``globalSteps``, ``refinementSteps``, ``downscale``,
-                ``runs``, ``seed``, ``device``, ``keepLargestComponent``, ``uncertaintyVolume``
-                (see ``MedNCASettings``).
+                ``runs``, ``seed``, ``device``, ``keepLargestComponent``, ``uncertaintyVolume``,
+                ``mode`` (see ``MedNCASettings``).
 
         Raises:
-            InputVolumeError: the volume cannot be segmented (the message says why).
+            InputVolumeError: the volume cannot be segmented (the message says why), e.g. no
+                hippocampus could be located in a head (``LocalizationError``; place an ROI).
             ModelError: the model is unknown, missing or damaged.
             TypeError / ValueError: an unknown option or an invalid value.
             CancelledError: the run was cancelled; the scene is as it was.
         """
         settings = settings_from_keywords(MedNCASettings, settings, **options)
-        job = self.prepare(inputVolume, settings, roi, outputSegmentation)
+        job = self.prepare(inputVolume, settings, roi, outputSegmentation, boxes)
         computed = self.compute(job, scaled(progressCallback, 0.0, 0.9), cancelRequest)
         return self.finish(job, computed, scaled(progressCallback, 0.9, 1.0), cancelRequest)
 
     def prepare(self, inputVolume, settings: MedNCASettings | None = None, roi=None,
-                outputSegmentation=None) -> MedNCAJob:
-        """Check the inputs and copy what the computation needs out of the scene (main thread)."""
+                outputSegmentation=None, boxes=None) -> MedNCAJob:
+        """Check the inputs and copy what the computation needs out of the scene (main thread).
+
+        The path: ``roi`` given: crop (one hippocampus in it); ``boxes`` given: head; else
+        ``settings.mode``, where "auto" decides by the field of view
+        (``localization.choose_mode``).
+        """
         settings = settings if settings is not None else MedNCASettings()
         settings = dataclasses.replace(settings, device=check_device(settings.device))
         image, full_geometry = array_from_volume(inputVolume)
         notes = check_source_files([inputVolume])  # the file it was read from: damage, transforms
-        geometry, crop = full_geometry, None
+        entry = self.model_entry(settings.model)
         if roi is not None:
             crop, geometry = crop_to_roi(full_geometry, roi)
-            image = image[crop]
-        entry = self.model_entry(settings.model)
-        return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image), geometry, full_geometry, crop,
-                         outputSegmentation, notes)
+            return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image[crop]), geometry, full_geometry,
+                             crop, outputSegmentation, notes)
+        mode = "head" if boxes is not None else choose_mode(full_geometry, settings.mode)
+        if mode == "crop":
+            return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image), full_geometry, full_geometry,
+                             None, outputSegmentation, notes)
+        if not entry.bilateral_segments:
+            raise ModelError(f"Model '{entry.id}' declares no left and right segments (bilateralSegments in its "
+                             "registry entry), so it cannot segment a whole head; choose crop mode or an ROI.")
+        box_nodes = _side_nodes(boxes) if boxes is not None else None
+        placed = {side: box_from_roi(side, node) for side, node in box_nodes.items()} if box_nodes else None
+        if placed is None:
+            template_path()  # nilearn missing: say so now, before the run starts
+        return MedNCAJob(inputVolume, entry, settings, image, full_geometry, full_geometry, None, outputSegmentation,
+                         notes, "head", placed, box_nodes)
 
     def compute(self, job: MedNCAJob, progressCallback: ProgressCallback | None = None,
                 cancelRequest: CancelRequest | None = None) -> MedNCAComputed:
@@ -164,6 +204,8 @@ class MedNCASegmentLogic(RegistryLogic):
 
         step(0.0, f"Loading model {job.entry.title}")
         network = self.load(job.entry, job.settings.device)
+        if job.mode == "head":
+            return self._compute_head(job, network, scaled(step, 0.02, 1.0), started)
         # The model works on an axis-aligned grid of its training spacing; results come back
         # onto the input grid by linear interpolation of the class probabilities.
         grid = axis_aligned_grid(job.geometry, job.entry.spacing)
@@ -183,6 +225,24 @@ class MedNCASegmentLogic(RegistryLogic):
         step(1.0, "Computed")
         return MedNCAComputed(labels, spread, result.quality, time.perf_counter() - started)
 
+    def _compute_head(self, job: MedNCAJob, network, progress: ProgressCallback, started: float) -> MedNCAComputed:
+        """Both hippocampi: locate (unless the job has boxes), then each side in its box."""
+        from .inference import segment
+        from .wholehead import segment_head
+
+        settings = job.settings
+
+        def infer(model_image: np.ndarray, side_progress: ProgressCallback):
+            return segment(network, model_image, normalized=True, progress=side_progress,
+                           **settings.inference_keywords())
+
+        head = segment_head(job.image, job.geometry, job.entry.spacing, len(job.entry.segments), infer,
+                            boxes=job.boxes, keep_largest=settings.keep_largest_component,
+                            uncertainty=settings.uncertainty_volume, progress=progress)
+        quality = np.concatenate([head.quality[side] for side in SIDES])
+        progress(1.0, "Computed")
+        return MedNCAComputed(head.labels, head.spread, quality, time.perf_counter() - started, head)
+
     def finish(self, job: MedNCAJob, computed: MedNCAComputed, progressCallback: ProgressCallback | None = None,
                cancelRequest: CancelRequest | None = None) -> MedNCAResult:
         """Write the segmentation (and uncertainty volume) into the scene, all or nothing (main thread)."""
@@ -196,25 +256,58 @@ class MedNCASegmentLogic(RegistryLogic):
         volume = job.input_volume
         output = job.output_segmentation
         protect = [output] if output is not None else []
+        head = computed.head
+        segments = sorted(job.entry.bilateral_segments if head else job.entry.segments, key=lambda s: s.label_value)
+        volumes = measure_volumes(labels, job.full_geometry, segments, len(job.entry.segments) if head else None)
         with SceneTransaction(self.scene, protect=protect):
             name = output.GetName() if output is not None else f"{volume.GetName()} Med-NCA"
-            node = write_labels_to_segmentation(self.scene, labels, job.full_geometry, volume, job.entry.segments,
+            node = write_labels_to_segmentation(self.scene, labels, job.full_geometry, volume, segments,
                                                 output=output, name=name)
-            quality = {spec.name: float(q) for spec, q in zip(job.entry.segments, computed.quality, strict=True)}
+            quality = {spec.name: float(q) for spec, q in zip(segments, computed.quality, strict=True)}
             for segment_name, score in quality.items():
                 node.SetAttribute(f"{QUALITY_ATTRIBUTE}.{segment_name}", f"{score:.5f}")
             node.SetAttribute("MedNCA.Model", job.entry.id)
             node.SetAttribute("MedNCA.Runs", str(job.settings.runs))
+            node.SetAttribute("MedNCA.Mode", job.mode)
+            for column, value in volumes.table().items():
+                if value is not None:
+                    node.SetAttribute(f"{VOLUME_ATTRIBUTE}.{column}", f"{value:.3f}")
+            boxes = {}
+            if head is not None:
+                boxes = job.box_nodes or {
+                    side: box_to_roi(self.scene, box, f"{volume.GetName()} {side} hippocampus box", volume=volume)
+                    for side, box in head.boxes.items()}
             uncertainty = None
             if spread is not None:
                 uncertainty = write_scalar_volume(self.scene, spread.astype(np.float32), job.full_geometry,
                                                   f"{volume.GetName()} Med-NCA uncertainty")
             cancel.raise_if_set()
         result = MedNCAResult(node, labels, job.full_geometry, quality, uncertainty, computed.seconds, list(job.notes),
-                              quality_warning_threshold=job.entry.quality_warning_threshold)
+                              quality_warning_threshold=job.entry.quality_warning_threshold, mode=job.mode,
+                              volumes=volumes, boxes=boxes, localization=head.localization if head else None)
+        if head is not None:
+            for side in SIDES:
+                if not any(volumes.segments_mm3[s.name] for s in segments if s.name.startswith(side)):
+                    result.warnings.append(f"Nothing was segmented in the {side} hippocampus box: check the box "
+                                           "(move or resize its ROI node) and segment again.")
         if result.likely_failure:
             result.warnings.append(
                 f"High quality score (NQM above {result.quality_warning_threshold}): the segmentation is likely wrong. "
                 "Check it; crop to an ROI around the hippocampus, or raise the number of steps.")
         report(1.0, "Done")
         return result
+
+
+def _side_nodes(boxes) -> dict[str, object]:
+    """ROI nodes per side from a mapping ("left"/"right" -> node) or a (left, right) pair."""
+    if isinstance(boxes, Mapping):
+        nodes = {side: boxes.get(side) for side in SIDES}
+    elif isinstance(boxes, Sequence) and len(boxes) == len(SIDES):
+        nodes = dict(zip(SIDES, boxes, strict=True))
+    else:
+        raise ValueError("boxes must be the left and right hippocampus ROI nodes: a pair, or a mapping "
+                         "'left'/'right' -> node")
+    missing = [side for side, node in nodes.items() if node is None]
+    if missing:
+        raise ValueError(f"boxes: no ROI node for the {' and '.join(missing)} hippocampus")
+    return nodes

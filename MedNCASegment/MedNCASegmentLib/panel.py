@@ -24,6 +24,38 @@ def panel_settings(parameters) -> MedNCASettings:
     return settings_from_parameters(MedNCASettings, parameters, use_trained=bool(parameters.useTrainedSettings))
 
 
+def panel_boxes(parameters) -> dict[str, object] | None:
+    """The boxes a whole-head run segments in: the parameter node's ``leftBox`` and ``rightBox``
+    when both are set, neither was located in another volume than ``inputVolume`` (after the
+    user picks another scan, its hippocampi are located anew) and there is no ``inputROI``
+    (which asks for one hippocampus); else None (locate them)."""
+    from .box_nodes import located_in_other_volume
+
+    boxes = (parameters.leftBox, parameters.rightBox)
+    if parameters.inputROI is not None or any(box is None for box in boxes):
+        return None
+    if any(located_in_other_volume(box, parameters.inputVolume) for box in boxes):
+        return None
+    return {"left": parameters.leftBox, "right": parameters.rightBox}
+
+
+def volume_lines(volumes) -> list[str]:
+    """The volumes of a result (``wholehead.HippocampusVolumes``) as a few lines, a small table."""
+    if volumes is None:
+        return []
+    if volumes.left_mm3 is None:
+        return [f"Volume: {volumes.summary().removeprefix('volume ')}"]
+    lines = []
+    for side, total in (("left", volumes.left_mm3), ("right", volumes.right_mm3)):
+        parts = ", ".join(f"{name.removeprefix(side + ' ').removesuffix(' hippocampus')} {value:.0f}"
+                          for name, value in volumes.segments_mm3.items() if name.startswith(side))
+        lines.append(f"{side.capitalize()} hippocampus: {total:.0f} mm³ ({parts})")
+    asymmetry = volumes.asymmetry_percent
+    lines.append(f"Total: {volumes.total_mm3:.0f} mm³; asymmetry index (L−R)/((L+R)/2): "
+                 + ("n/a" if asymmetry != asymmetry else f"{asymmetry:+.1f} %"))
+    return lines
+
+
 def trained_settings(config) -> dict[str, float]:
     """Slider values showing a loaded model's trained stage settings (a ``MedNCAConfig``)."""
     return {"globalSteps": float(config.global_steps), "refinementSteps": float(config.refinement_steps),
@@ -36,7 +68,7 @@ def run_summary(result, runs: int) -> RunSummary:
     if runs < 2:
         return RunSummary(seconds=result.seconds, warnings=(
             "No quality score: it needs at least 2 stochastic runs.", *result.warnings),
-            output_name=_name(result.segmentation))
+            output_name=_name(result.segmentation), details=tuple(volume_lines(result.volumes)))
     return RunSummary(
         seconds=result.seconds,
         quality=dict(result.quality),
@@ -45,6 +77,7 @@ def run_summary(result, runs: int) -> RunSummary:
         warning_threshold=result.quality_warning_threshold,
         warnings=tuple(result.warnings),
         output_name=_name(result.segmentation),
+        details=tuple(volume_lines(result.volumes)),
     )
 
 

@@ -12,6 +12,10 @@ from typing import Any
 
 from EfficientSegmentationCommon.settings import option, validate
 
+# "head": both hippocampi of a whole head, located by registration (MedNCASegmentLib.wholehead);
+# "crop": the input (or its ROI) holds one hippocampus; "auto": decided by the field of view.
+MODES = ("auto", "head", "crop")
+
 
 @dataclass(frozen=True)
 class MedNCASettings:
@@ -33,6 +37,9 @@ class MedNCASettings:
     keep_largest_component: bool = option(True, "clear all but the largest connected structure")
     uncertainty_volume: bool = option(False, "also write the spread of the runs as a volume", cli=False)
     mirror: bool = option(True, "every second run sees the volume mirrored left-right (the model is trained with flips)")
+    mode: str = option("auto", "auto: on a whole head (field of view 80 mm or more) locate and segment both "
+                       "hippocampi, on a crop around one hippocampus segment it as it is; head or crop forces either",
+                       choices=MODES)
 
     def __post_init__(self) -> None:
         validate(self)

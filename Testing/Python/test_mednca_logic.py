@@ -44,6 +44,7 @@ def test_segments_a_validation_volume_as_the_model_card_says(scene, logic) -> No
     progress: list[float] = []
     result = logic.segment(case.volume, runs=CARD["evaluation"]["runs"], seed=CARD["evaluation"]["seed"],
                            progressCallback=lambda fraction, message: progress.append(fraction))
+    assert result.mode == "crop"  # an MSD crop (field of view under 80 mm) keeps the single-structure path
     assert segment_names(result.segmentation) == ["anterior hippocampus", "posterior hippocampus"]
     labels = export_segmentation_labels(scene, result.segmentation, case.volume, logic.model_entry(None).segments)
     assert abs(dice(labels > 0, case.labels > 0) - CARD_DICE[VALIDATION_CASE]["dice_foreground"]) <= 0.02

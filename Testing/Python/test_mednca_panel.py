@@ -31,7 +31,7 @@ from EfficientSegmentationCommon.panel_state import (
 )
 from EfficientSegmentationCommon.registry import ModelEntry, ModelRegistry
 from MedNCASegmentLib.logic import MedNCAResult
-from MedNCASegmentLib.panel import panel_settings, run_summary, trained_settings
+from MedNCASegmentLib.panel import panel_boxes, panel_settings, run_summary, trained_settings, volume_lines
 from MedNCASegmentLib.settings import MedNCASettings
 
 class FakeClock:
@@ -220,7 +220,7 @@ def panel_parameters(**changes):
 
     values = {name: default for name, _, default, _ in parameter_fields(MedNCASettings)}
     values.update(inputVolume=None, inputROI=None, outputSegmentation=None, useTrainedSettings=True,
-                  model="mednca2d-hippocampus")
+                  model="mednca2d-hippocampus", leftBox=None, rightBox=None)
     values.update(changes)
     return types.SimpleNamespace(**values)
 
@@ -378,3 +378,35 @@ def test_check_device():
     if not torch_setup.cuda_available():
         with pytest.raises(ValueError, match="cannot be used: .*Available: cpu"):
             torch_setup.check_device("cuda")
+
+
+def test_whole_head_boxes_are_reused_only_as_a_pair_of_this_volume_and_not_with_an_roi(scene):
+    from MedNCASegmentLib.box_nodes import VOLUME_ATTRIBUTE
+
+    volume, other = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name) for name in ("head", "other head"))
+    left, right, roi = (scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name) for name in ("l", "r", "roi"))
+    for box in (left, right):
+        box.SetAttribute(VOLUME_ATTRIBUTE, volume.GetID())
+    assert panel_boxes(panel_parameters(inputVolume=volume, leftBox=left, rightBox=right)) == {"left": left,
+                                                                                               "right": right}
+    assert panel_boxes(panel_parameters(inputVolume=volume, leftBox=left)) is None  # locate again
+    assert panel_boxes(panel_parameters(inputVolume=other, leftBox=left, rightBox=right)) is None  # another scan
+    assert panel_boxes(panel_parameters(inputVolume=volume, leftBox=left, rightBox=right, inputROI=roi)) is None
+    assert panel_settings(panel_parameters(mode="head")).mode == "head"
+
+
+def test_volumes_are_shown_as_a_small_table():
+    from MedNCASegmentLib.wholehead import HippocampusVolumes
+
+    volumes = HippocampusVolumes({"left anterior hippocampus": 1500.0, "left posterior hippocampus": 1700.0,
+                                  "right anterior hippocampus": 1400.0, "right posterior hippocampus": 1600.0},
+                                 3200.0, 3000.0)
+    assert volume_lines(volumes) == [
+        "Left hippocampus: 3200 mm³ (anterior 1500, posterior 1700)",
+        "Right hippocampus: 3000 mm³ (anterior 1400, posterior 1600)",
+        "Total: 6200 mm³; asymmetry index (L−R)/((L+R)/2): +6.5 %"]
+    one = HippocampusVolumes({"anterior hippocampus": 1400.0, "posterior hippocampus": 1500.0})
+    assert volume_lines(one) == ["Volume: 2900 mm3 (anterior hippocampus 1400, posterior hippocampus 1500)"]
+    summary = run_summary(MedNCAResult(None, np.zeros((2, 2, 2), np.uint8), VolumeGeometry.compose((2, 2, 2), (1.0,) * 3),
+                                       {}, volumes=volumes), runs=1)
+    assert list(summary.details) == volume_lines(volumes)

@@ -69,10 +69,14 @@ PANELS = [
           widgets={"inputSelector": "qMRMLNodeComboBox", "roiSelector": "qMRMLNodeComboBox",
                    "uncertaintyCheckBox": "QCheckBox", "trainedSettingsCheckBox": "QCheckBox",
                    "globalStepsSlider": "ctkSliderWidget", "refinementStepsSlider": "ctkSliderWidget",
-                   "downscaleSlider": "ctkSliderWidget", "runsSlider": "ctkSliderWidget", "seedSpinBox": "QSpinBox"},
+                   "downscaleSlider": "ctkSliderWidget", "runsSlider": "ctkSliderWidget", "seedSpinBox": "QSpinBox",
+                   "modeComboBox": "QComboBox", "leftBoxSelector": "qMRMLNodeComboBox",
+                   "rightBoxSelector": "qMRMLNodeComboBox"},
           selectors={"inputSelector": ("vtkMRMLScalarVolumeNode", False, False),
                      "roiSelector": ("vtkMRMLMarkupsROINode", True, True),
-                     "outputSelector": ("vtkMRMLSegmentationNode", True, True)},
+                     "outputSelector": ("vtkMRMLSegmentationNode", True, True),
+                     "leftBoxSelector": ("vtkMRMLMarkupsROINode", True, False),
+                     "rightBoxSelector": ("vtkMRMLMarkupsROINode", True, False)},
           sliders=["globalStepsSlider", "refinementStepsSlider", "downscaleSlider", "runsSlider"],
           whole_number_sliders=["globalStepsSlider", "refinementStepsSlider", "downscaleSlider", "runsSlider"],
           advanced={"deviceComboBox", "seedSpinBox"},
@@ -270,6 +274,12 @@ def test_bound_widgets_match_parameter_node_fields_of_a_bindable_type(panel):
                 assert own_property(widget, "decimals") == 0, f"{widget_name} holds whole numbers"
         elif kind == "QCheckBox":
             assert parameter.kind == "bool", field_name
+        elif kind == "QComboBox":  # QComboBoxToStringableConnector: needs the Choice annotation
+            from EfficientSegmentationCommon.settings import option_choices
+
+            assert parameter.kind == "str", field_name
+            assert field_name in option_choices(settings_class(panel)), f"{field_name}: a bound combo box needs choices"
+            assert parameter.default in option_choices(settings_class(panel))[field_name], field_name
         elif kind == "QSpinBox":
             assert parameter.kind == "int", field_name
             if parameter.bounds is None and field_name in ("seed",):

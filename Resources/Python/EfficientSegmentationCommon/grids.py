@@ -36,11 +36,18 @@ def crop_to_roi(geometry: VolumeGeometry, roi_node) -> tuple[KJISlices, VolumeGe
     Raises ``InputVolumeError`` when the ROI misses the volume or covers less than 2 voxels
     along an axis (nothing 3D left to segment).
     """
-    corners_ijk = geometry.ras_to_voxel(roi_corners_ras(roi_node))
+    return crop_to_corners(geometry, roi_corners_ras(roi_node), f"ROI {describe_node(roi_node)}")
+
+
+def crop_to_corners(geometry: VolumeGeometry, corners_ras: np.ndarray, name: str) -> tuple[KJISlices, VolumeGeometry]:
+    """The voxel box of ``geometry`` covering the points ``corners_ras`` (n, 3; a box's corners),
+    and the geometry of that box; ``name`` names the box in the error raised when it misses the
+    volume or covers less than 2 voxels along an axis (``InputVolumeError``)."""
+    corners_ijk = geometry.ras_to_voxel(corners_ras)
     low = np.maximum(np.floor(corners_ijk.min(axis=0) + 0.5), 0).astype(int)
     high = np.minimum(np.ceil(corners_ijk.max(axis=0) + 0.5), geometry.shape_ijk).astype(int)
     if np.any(high - low < 2):
-        raise InputVolumeError(f"ROI {describe_node(roi_node)} does not overlap the input volume "
+        raise InputVolumeError(f"{name[:1].upper()}{name[1:]} does not overlap the input volume "
                                "(or covers less than 2 voxels along an axis); move or enlarge it.")
     slices_kji = tuple(slice(int(a), int(b)) for a, b in zip(low[::-1], high[::-1], strict=True))
     matrix = geometry.ijk_to_ras.copy()

@@ -46,6 +46,9 @@ class ModelEntry:
     # Quality score (e.g. Med-NCA's NQM) above which a result is flagged as a likely failure;
     # chosen on the model's validation split, recorded in its card. None: the model has none.
     quality_warning_threshold: float | None = None
+    # A model of one of a pair of structures (one hippocampus) used on both sides at once: its
+    # labels 1..K on the left, K+1..2K on the right, with names, colours and terminology.
+    bilateral_segments: tuple[SegmentSpec, ...] = ()
 
 
 def _segments(values: Sequence[dict]) -> tuple[SegmentSpec, ...]:
@@ -72,7 +75,8 @@ def _entry(values: dict, base: Path) -> ModelEntry:
         spacing=tuple(values.get("spacing", (1.0, 1.0, 1.0))), version=values.get("version", ""),
         license=values.get("license", ""), training_data=values.get("trainingData", ""),
         metrics=values.get("metrics", {}), description=values.get("description", ""),
-        quality_warning_threshold=values.get("qualityWarningThreshold"))
+        quality_warning_threshold=values.get("qualityWarningThreshold"),
+        bilateral_segments=_segments(values.get("bilateralSegments", ())))
 
 
 class ModelRegistry:

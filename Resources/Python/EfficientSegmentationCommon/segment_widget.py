@@ -22,7 +22,7 @@ import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import WithinRange
+from slicer.parameterNodeWrapper import Choice, WithinRange
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
@@ -30,7 +30,7 @@ from .background import BackgroundJob, JobState
 from .errors import CancelledError
 from .panel_state import CANCEL, FINISH, START, RunSummary, SegmentPanel, device_choices, model_items
 from .progress import scaled
-from .settings import parameter_fields
+from .settings import option_choices, parameter_fields
 from .torch_setup import check_device, cuda_available
 
 # Share of the progress bar for the computation (worker thread); the rest is writing the result.
@@ -46,12 +46,15 @@ def settingsParameters(settingsClass) -> type:
     The module's parameter node class derives from it and adds its node fields, so that a new
     option needs no change in the module file: the wrapper reads inherited annotations and
     defaults (``typing.get_type_hints``). Numbers are floats (ctkSliderWidget binds floats),
-    bounded by the option's range.
+    bounded by the option's range; a text option with choices binds to a QComboBox.
     """
     annotations, defaults = {}, {}
+    choices = option_choices(settingsClass)
     for name, kind, default, (low, high) in parameter_fields(settingsClass):
         if kind is float and low is not None and high is not None:
             kind = Annotated[float, WithinRange(low, high)]
+        elif name in choices:
+            kind = Annotated[kind, Choice(list(choices[name]))]
         annotations[name] = kind
         defaults[name] = default
     return type(f"{settingsClass.__name__}Parameters", (), {"__annotations__": annotations, **defaults})

@@ -27,12 +27,12 @@ from typing import Any
 
 # Metadata keys of an option's dataclass field.
 _HELP, _RANGE, _TRAINED, _CLI, _PANEL, _ALIASES = "help", "range", "trained", "cli", "panel", "aliases"
-_SLIDER, _PANEL_DEFAULT = "slider", "panel_default"
+_SLIDER, _PANEL_DEFAULT, _CHOICES = "slider", "panel_default", "choices"
 
 
 def option(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
            trained: bool = False, cli: bool = True, panel: bool = True, aliases: tuple[str, ...] = (),
-           slider: bool = False, panel_default: Any = None) -> Any:
+           slider: bool = False, panel_default: Any = None, choices: tuple[str, ...] = ()) -> Any:
     """A settings field: its default, the help text users see, and where it appears.
 
     Args:
@@ -47,9 +47,10 @@ def option(default: Any, help: str, *, minimum: float | None = None, maximum: fl
         slider: the panel shows a whole number on a slider (ctkSliderWidget binds floats only).
         panel_default: the panel's initial value where ``default`` is None ("trained"): the
             shipped model's value, shown until a run reads the chosen model's.
+        choices: the valid values of a text option (the CLI's choices, the panel's combo box).
     """
     metadata = {_HELP: help, _RANGE: (minimum, maximum), _TRAINED: trained, _CLI: cli, _PANEL: panel,
-                _ALIASES: aliases, _SLIDER: slider, _PANEL_DEFAULT: panel_default}
+                _ALIASES: aliases, _SLIDER: slider, _PANEL_DEFAULT: panel_default, _CHOICES: choices}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -83,6 +84,9 @@ def validate(settings: Any) -> None:
             continue
         kind = _value_type(type(settings), field)
         name = camel_case(field.name)
+        choices = field.metadata.get(_CHOICES, ())
+        if choices and value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
         if kind is bool:
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, not {value!r}")
@@ -134,7 +138,8 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=field.default, help=help_text,
                                 dest=field.name)
         elif kind in (int, float, str):
-            parser.add_argument(*flags, type=kind, default=field.default, help=help_text, dest=field.name)
+            parser.add_argument(*flags, type=kind, default=field.default, help=help_text, dest=field.name,
+                                choices=field.metadata.get(_CHOICES) or None)
         else:  # a tuple of numbers, e.g. a spacing: one value, or one per axis
             parser.add_argument(*flags, type=float, nargs="+", default=field.default, help=help_text, dest=field.name)
 
@@ -167,6 +172,12 @@ def parameter_fields(settings_class: type) -> list[tuple[str, type, Any, tuple[f
             default = default or ""
         fields.append((camel_case(field.name), kind, default, field.metadata.get(_RANGE, (None, None))))
     return fields
+
+
+def option_choices(settings_class: type) -> dict[str, tuple[str, ...]]:
+    """camelCase name -> valid values, for the options that declare ``choices``."""
+    return {camel_case(field.name): field.metadata[_CHOICES] for field in _fields(settings_class)
+            if field.metadata.get(_CHOICES)}
 
 
 def settings_from_parameters(settings_class: type, parameters: Any, use_trained: bool = False,

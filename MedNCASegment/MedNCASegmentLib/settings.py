@@ -33,6 +33,9 @@ class MedNCASettings:
     keep_largest_component: bool = option(True, "clear all but the largest connected structure")
     uncertainty_volume: bool = option(False, "also write the spread of the runs as a volume", cli=False)
     mirror: bool = option(True, "every second run sees the volume mirrored left-right (the model is trained with flips)")
+    # Not a CLI flag: a command line has no view to show it in.
+    preview: bool = option(False, "show the segmentation growing in a temporary preview while the automaton runs",
+                           cli=False)
 
     def __post_init__(self) -> None:
         validate(self)

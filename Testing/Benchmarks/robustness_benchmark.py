@@ -302,7 +302,7 @@ def brats_inputs(data: Path, split: Path) -> list[Input]:
 
 
 def evaluate(runners: dict[str, Callable[[Input], dict]], inputs: list[Input], conditions: list[tuple[str, str]],
-             regions: dict[str, Sequence[int]], log: Callable[[str], None]) -> list[dict]:
+             regions: dict[str, Sequence[int]], log: Callable[[str, dict], None]) -> list[dict]:
     """Every model on every input under every (artefact, level) condition (("clean", "") first):
     one row per (model, case, condition) with Dice per region, seconds and the model's signals."""
     rows = []
@@ -320,7 +320,7 @@ def evaluate(runners: dict[str, Callable[[Input], dict]], inputs: list[Input], c
                        **output}
                 rows.append(row)
                 dices = ", ".join(f"{k} {v:.3f}" for k, v in region_dice(labels, corrupted.labels, regions).items())
-                log(f"{name:8s} {item.case_id} {artefact} {level}: {dices} ({seconds:.1f} s)")
+                log(f"{name:8s} {item.case_id} {artefact} {level}: {dices} ({seconds:.1f} s)", row)
     return rows
 
 
@@ -388,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet", type=Path, default=None, help="UNet baseline state_dict (unet_baseline.py); "
                         "without it Med-NCA runs alone")
     parser.add_argument("--ossnet", type=Path, default=DEFAULT_OSSNET)
-    parser.add_argument("--no-ossnet", action="store_true", help="skip the BraTS case")
-    parser.add_argument("--no-hippocampus", action="store_true", help="skip the hippocampus models")
+    parser.add_argument("--models", default="Med-NCA,UNet,OSS-Net",
+                        help="comma-separated subset of: Med-NCA, UNet (needs --unet), OSS-Net")
     parser.add_argument("--data", type=Path, default=DATA / "Task04_Hippocampus")
     parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT)
     parser.add_argument("--brats", type=Path, default=DATA / "BraTS_sample")
@@ -405,7 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     artefacts = [a.strip() for a in args.artefacts.split(",") if a.strip()]
     levels = [level.strip() for level in args.levels.split(",") if level.strip()]
-    unknown = [a for a in artefacts if a not in ARTEFACTS] + [level for level in levels if level not in LEVELS]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.unet and "UNet" in models:
+        models.remove("UNet")
+    unknown = [a for a in artefacts if a not in ARTEFACTS] + [level for level in levels if level not in LEVELS] + \
+        [m for m in models if m not in ("Med-NCA", "UNet", "OSS-Net")]
     if unknown:
         parser.error(f"unknown artefacts or levels: {unknown}")
     for path in (args.nca, *([args.unet] if args.unet else [])):
@@ -418,27 +422,35 @@ def main(argv: list[str] | None = None) -> int:
     _torchio()
     conditions = [("clean", "")] + [(a, level) for a in artefacts for level in levels]
 
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     report: dict = {"artefacts": {a: ARTEFACTS[a] for a in artefacts}, "levels": levels, "runs": args.runs,
-                    "threads": args.threads}
+                    "threads": args.threads, "partial": []}
+
+    def log(message: str, row: dict) -> None:
+        print(message, file=sys.stderr, flush=True)
+        if args.json:  # every row as it comes, so that a stopped run keeps what it measured
+            report["partial"].append(row)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1, default=float))
+
     lines = []
-    if not args.no_hippocampus:
-        runners = {"Med-NCA": nca_runner(args.nca, args.runs, args.seed)}
-        if args.unet:
-            runners["UNet"] = unet_runner(args.unet)
+    runners = {}
+    if "Med-NCA" in models:
+        runners["Med-NCA"] = nca_runner(args.nca, args.runs, args.seed)
+    if "UNet" in models:
+        runners["UNet"] = unet_runner(args.unet)
+    if runners:
         inputs = hippocampus_inputs(args.data, args.split, args.cases)
         rows = evaluate(runners, inputs, conditions, HIPPOCAMPUS_REGIONS, log)
         report["hippocampus"] = rows
-        lines += [f"## Hippocampus: {len(inputs)} validation cases, Med-NCA runs={args.runs}"
-                  + (", UNet baseline + largest component" if args.unet else ""), ""]
+        lines += [f"## Hippocampus: {len(inputs)} validation cases ({', '.join(runners)}; Med-NCA runs={args.runs}, "
+                  "UNet + largest component)", ""]
         lines += robustness_table(rows, list(HIPPOCAMPUS_REGIONS)) + [""]
+    if "Med-NCA" in runners:
         entry = next(m for m in json.loads(REGISTRY.read_text())["models"] if m["id"] == "mednca2d-hippocampus")
         quality_lines, report["quality"] = quality_analysis(rows, entry.get("qualityWarningThreshold"),
                                                             training_volumes(args.data, args.split))
         lines += ["## Quality score as a failure detector (Med-NCA)", ""] + quality_lines + [""]
-    if not args.no_ossnet:
+    if "OSS-Net" in models:
         inputs = brats_inputs(args.brats, args.brats_split)
         rows = evaluate({"OSS-Net": ossnet_runner(args.ossnet)}, inputs, conditions, TUMOUR_REGIONS, log)
         report["brats"] = rows
@@ -452,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"Hardware: {hardware_description()}, {args.threads} thread(s).")
     print("\n".join(lines))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report.pop("partial")
         args.json.write_text(json.dumps(report, indent=1, default=float))
     return 0
 

@@ -5,7 +5,6 @@ module, and the failure-detector statistics are right on hand-checkable numbers.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

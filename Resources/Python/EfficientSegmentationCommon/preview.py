@@ -1,0 +1,71 @@
+"""A live preview of a running segmentation: labels from the worker thread, shown by the main thread.
+
+The model runs in a worker thread (``background.BackgroundJob``) and may not touch MRML; it
+hands its current labels to :meth:`LivePreview.put`, which keeps only the latest (a slow main
+thread skips frames instead of queueing them). The panel's poll timer, on the main thread,
+calls :meth:`LivePreview.show`, which writes the latest labels into a temporary segmentation
+node, and :meth:`LivePreview.remove` when the run ends, is cancelled or fails, so no preview
+node outlives the run. Plain Python over an MRML scene, so it is tested headless.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from .geometry import VolumeGeometry
+from .registry import SegmentSpec
+from .segmentation_output import write_labels_to_segmentation
+
+
+class LivePreview:
+    """One run's preview segmentation node, named ``<volume> <method> preview``, not saved with the scene.
+
+    Args:
+        scene: the MRML scene.
+        reference_volume: the input volume node (the preview sits beside it).
+        geometry: the grid of the labels :meth:`put` receives (the input volume's).
+        segments: the model's segments (names, label values, colours).
+        method_title: "Med-NCA": used in the node's name.
+    """
+
+    def __init__(self, scene, reference_volume, geometry: VolumeGeometry, segments: Sequence[SegmentSpec],
+                 method_title: str) -> None:
+        self.scene, self.reference_volume, self.geometry = scene, reference_volume, geometry
+        self.segments = list(segments)
+        self.name = f"{reference_volume.GetName()} {method_title} preview"
+        self.node = None
+        self.shown = 0  # label maps written so far (for tests and diagnostics)
+        self._lock = threading.Lock()
+        self._latest: np.ndarray | None = None
+
+    def put(self, labels: np.ndarray) -> None:
+        """Keep ``labels`` (KJI on ``geometry``) as the latest; any thread. The array is not copied:
+        the caller hands over a fresh one."""
+        with self._lock:
+            self._latest = labels
+
+    def show(self) -> bool:
+        """Write the latest labels, if new ones came, into the preview node (created on first use);
+        main thread only. Returns True when it wrote."""
+        with self._lock:
+            labels, self._latest = self._latest, None
+        if labels is None:
+            return False
+        if self.node is not None and self.scene.GetNodeByID(self.node.GetID()) is None:
+            self.node = None  # the user deleted it: make a new one
+        self.node = write_labels_to_segmentation(self.scene, labels, self.geometry, self.reference_volume,
+                                                 self.segments, output=self.node, name=self.name)
+        self.node.SetSaveWithScene(False)
+        self.shown += 1
+        return True
+
+    def remove(self) -> None:
+        """Remove the preview node from the scene (if any) and drop pending labels; main thread only."""
+        with self._lock:
+            self._latest = None
+        if self.node is not None and self.scene.GetNodeByID(self.node.GetID()) is not None:
+            self.scene.RemoveNode(self.node)
+        self.node = None

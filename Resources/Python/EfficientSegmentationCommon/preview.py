@@ -63,9 +63,19 @@ class LivePreview:
         return True
 
     def remove(self) -> None:
-        """Remove the preview node from the scene (if any) and drop pending labels; main thread only."""
+        """Remove the preview node, its display nodes and its subject hierarchy item from the scene
+        (if there) and drop pending labels; main thread only."""
         with self._lock:
             self._latest = None
-        if self.node is not None and self.scene.GetNodeByID(self.node.GetID()) is not None:
-            self.scene.RemoveNode(self.node)
-        self.node = None
+        node, self.node = self.node, None
+        if node is None or self.scene.GetNodeByID(node.GetID()) is None:
+            return
+        displays = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        hierarchy = self.scene.GetSubjectHierarchyNode()
+        item = hierarchy.GetItemByDataNode(node) if hierarchy is not None else 0
+        if item:
+            hierarchy.RemoveItem(item, False, False)
+        self.scene.RemoveNode(node)
+        for display in displays:  # a headless scene keeps them otherwise
+            if display is not None and self.scene.GetNodeByID(display.GetID()) is not None:
+                self.scene.RemoveNode(display)

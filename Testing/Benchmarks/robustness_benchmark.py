@@ -60,6 +60,8 @@ FAILURE_DICE = 0.8
 # The re-chosen NQM threshold flags at least this share of the failures.
 TARGET_SENSITIVITY = 0.9
 LEVELS = ("moderate", "strong")
+# The extent (mm) over which a bias field of the given coefficients varies: a head.
+HEAD_EXTENT_MM = 200.0
 
 # name -> level -> parameters. Intensity artefacts act on the image scaled to [0, 1] (minimum to
 # 99.5th percentile; tissue of the hippocampus crops is then about 0.3-0.7); sizes in mm
@@ -71,7 +73,10 @@ ARTEFACTS: dict[str, dict[str, dict]] = {
     "ghosting": {"moderate": {"num_ghosts": 4, "intensity": 0.4}, "strong": {"num_ghosts": 4, "intensity": 1.0}},
     # one k-space spike (herringbone pattern) of the given intensity.
     "spike": {"moderate": {"num_spikes": 1, "intensity": 0.3}, "strong": {"num_spikes": 1, "intensity": 1.0}},
-    # smooth multiplicative field: cubic polynomial, coefficients uniform in [-c, c] (log domain).
+    # smooth multiplicative field: cubic polynomial (log domain) over the image's extent, coefficients
+    # uniform in [-c, c] with c = the value here x min(1, largest extent / HEAD_EXTENT_MM): torchio
+    # spans the field over the image, so without the factor a 40 mm crop would get a whole head's
+    # variation (exact for the linear terms; the higher ones stay stronger than a head's).
     "bias field": {"moderate": {"coefficients": 0.3}, "strong": {"coefficients": 0.7}},
     # patient motion during the scan: at 35% of k-space the head turns by this many degrees about K
     # and moves this many mm along I, at 70% it comes back halfway (torchio's Motion, fixed).
@@ -112,8 +117,9 @@ def _torchio():
     return torchio
 
 
-def _intensity_transform(name: str, parameters: dict):
-    """The torchio transform of an intensity artefact with fixed parameters (ranges of one value)."""
+def _intensity_transform(name: str, parameters: dict, extent_mm: float):
+    """The torchio transform of an intensity artefact with fixed parameters (ranges of one value);
+    ``extent_mm``: the image's largest extent."""
     tio = _torchio()
     p = parameters
     if name == "noise":
@@ -124,7 +130,7 @@ def _intensity_transform(name: str, parameters: dict):
     if name == "spike":
         return tio.RandomSpike(num_spikes=(p["num_spikes"], p["num_spikes"]), intensity=(p["intensity"], p["intensity"]))
     if name == "bias field":
-        return tio.RandomBiasField(coefficients=p["coefficients"], order=3)
+        return tio.RandomBiasField(coefficients=p["coefficients"] * min(1.0, extent_mm / HEAD_EXTENT_MM), order=3)
     if name == "motion":
         degrees, translation = np.array([[0.0, 0.0, p["degrees"]]]), np.array([[p["translation"], 0.0, 0.0]])
         return tio.Motion(degrees=np.concatenate([degrees, degrees / 2]),
@@ -177,7 +183,8 @@ def corrupt(item: Input, artefact: str, level: str) -> Input:
         scaled[f"image{index}"] = tio.ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(unit.T[None])).float(),
                                                   affine=affine)
     torch.manual_seed(_seed(item.case_id, artefact, level))
-    transformed = _intensity_transform(artefact, parameters)(tio.Subject(**scaled))
+    extent = max(n * s for n, s in zip(item.images[0].shape[::-1], item.spacing, strict=True))
+    transformed = _intensity_transform(artefact, parameters, extent)(tio.Subject(**scaled))
     images = []
     for index, (low, high) in enumerate(ranges):
         unit = transformed[f"image{index}"].data[0].numpy().T  # back to KJI
@@ -382,6 +389,43 @@ def quality_analysis(rows: list[dict], shipped: float | None, typical_volumes: n
     return lines, report
 
 
+def _complete_cases(rows: list[dict]) -> list[dict]:
+    """The rows of the cases that have every (model, condition) of the rows (a stopped run's last
+    case is incomplete)."""
+    combos = {(r["model"], r["artefact"], r["level"]) for r in rows}
+    cases = [c for c in dict.fromkeys(r["case"] for r in rows)
+             if {(r["model"], r["artefact"], r["level"]) for r in rows if r["case"] == c} == combos]
+    return [r for r in rows if r["case"] in cases]
+
+
+def render_saved(paths: Sequence[Path]) -> list[str]:
+    """The tables of saved runs (``--json``): hippocampus rows of complete cases, brain tumour rows."""
+    hippocampus, brats = [], []
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        rows = saved.get("hippocampus", []) + saved.get("brats", []) + saved.get("partial", [])
+        hippocampus += [r for r in rows if "dice_foreground" in r]
+        brats += [r for r in rows if "dice_whole tumour" in r]
+    lines = []
+    if hippocampus:
+        hippocampus = _complete_cases(hippocampus)
+        cases = len({r["case"] for r in hippocampus})
+        lines += [f"## Hippocampus: {cases} validation cases", ""]
+        lines += robustness_table(hippocampus, list(HIPPOCAMPUS_REGIONS)) + [""]
+        if any(r["model"] == "Med-NCA" for r in hippocampus):
+            entry = next(m for m in json.loads(REGISTRY.read_text())["models"] if m["id"] == "mednca2d-hippocampus")
+            quality_lines, _ = quality_analysis(hippocampus, entry.get("qualityWarningThreshold"),
+                                                training_volumes(DATA / "Task04_Hippocampus", DEFAULT_SPLIT))
+            lines += ["## Quality score as a failure detector (Med-NCA)", ""] + quality_lines + [""]
+    if brats:
+        lines += [f"## Brain tumour: OSS-Net on {', '.join(dict.fromkeys(r['case'] for r in brats))} (1 mm output)", ""]
+        lines += robustness_table(brats, list(TUMOUR_REGIONS)) + [""]
+        lines += ["| condition | Dice | uncertain share (p in [0.25, 0.75] / called tumour) |", "|---|---:|---:|"]
+        lines += [f"| {r['artefact']} {r['level']} | {r['dice_whole tumour']:.4f} | {r['uncertain_share']:.4f} |"
+                  for r in brats] + [""]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nca", type=Path, default=DEFAULT_NCA, help="Med-NCA weights (default: the shipped model)")
@@ -402,7 +446,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Med-NCA's seed (the artefacts have their own fixed seeds)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write every row and figure here")
+    parser.add_argument("--report", type=Path, nargs="+", default=None,
+                        help="print the tables of earlier runs' --json files (finished or stopped) instead of running; "
+                             "the hippocampus rows of only the cases every condition has")
     args = parser.parse_args(argv)
+    if args.report:
+        print("\n".join(render_saved(args.report)))
+        return 0
     artefacts = [a.strip() for a in args.artefacts.split(",") if a.strip()]
     levels = [level.strip() for level in args.levels.split(",") if level.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]

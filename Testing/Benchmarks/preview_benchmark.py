@@ -18,10 +18,12 @@ import argparse
 import statistics
 import sys
 import time
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data" / "Task04_Hippocampus"
+# The project's data (EFFSEG_DATA overrides, as for the tests).
+DATA = Path(os.environ.get("EFFSEG_DATA", REPO.parent / "shared" / "data")) / "Task04_Hippocampus"
 POLL_S = 0.1
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import zlib
@@ -47,7 +48,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("EFFSEG_DATA", REPO.parent / "shared" / "data"))  # as for the tests
 DEFAULT_NCA = REPO / "MedNCASegment" / "Resources" / "Models" / "mednca2d_hippocampus.pt"
 DEFAULT_SPLIT = REPO / "MedNCASegment" / "Resources" / "Models" / "hippocampus_split.json"
 DEFAULT_OSSNET = REPO / "OSSNetSegment" / "Resources" / "Models" / "ossnet_brats_wholetumour.pt"

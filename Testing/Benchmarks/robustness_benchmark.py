@@ -96,12 +96,18 @@ ARTEFACTS: dict[str, dict[str, dict]] = {
 
 @dataclass
 class Input:
-    """One model input: images (KJI, float32), expert labels (KJI, uint8), spacing (I, J, K mm)."""
+    """One model input: images (KJI, float32), expert labels (KJI, uint8), spacing (I, J, K mm).
+
+    ``skull_stripped``: the images' background is constant (their minimum), as in the BraTS
+    inputs; artefacts then leave it so, as skull stripping after the scan would (OSS-Net tells
+    head from background by it).
+    """
 
     case_id: str
     images: list[np.ndarray]
     labels: np.ndarray
     spacing: tuple[float, float, float]
+    skull_stripped: bool = False
 
 
 def _seed(*parts: object) -> int:
@@ -155,7 +161,7 @@ def field_of_view_edge(item: Input, margin: int) -> Input:
     _, j0, i0 = present.min(axis=0)
     box = (slice(None), slice(max(0, j0 - margin), None), slice(max(0, i0 - margin), None))
     return Input(item.case_id, [np.ascontiguousarray(image[box]) for image in item.images],
-                 np.ascontiguousarray(item.labels[box]), item.spacing)
+                 np.ascontiguousarray(item.labels[box]), item.spacing, item.skull_stripped)
 
 
 def corrupt(item: Input, artefact: str, level: str) -> Input:
@@ -189,8 +195,11 @@ def corrupt(item: Input, artefact: str, level: str) -> Input:
     images = []
     for index, (low, high) in enumerate(ranges):
         unit = transformed[f"image{index}"].data[0].numpy().T  # back to KJI
-        images.append(np.ascontiguousarray(unit * (high - low) + low, dtype=np.float32))
-    return Input(item.case_id, images, item.labels, item.spacing)
+        image = np.ascontiguousarray(unit * (high - low) + low, dtype=np.float32)
+        if item.skull_stripped:
+            image[item.images[index] == low] = low
+        images.append(image)
+    return Input(item.case_id, images, item.labels, item.spacing, item.skull_stripped)
 
 
 def region_dice(predicted: np.ndarray, truth: np.ndarray, regions: dict[str, Sequence[int]]) -> dict[str, float]:
@@ -306,7 +315,7 @@ def brats_inputs(data: Path, split: Path) -> list[Input]:
     from OSSNetSegmentLib.data import load_case
 
     cases = [load_case(data, i) for i in json.loads(split.read_text())["validation"]]
-    return [Input(c.case_id, c.images, c.labels, c.spacing) for c in cases]
+    return [Input(c.case_id, c.images, c.labels, c.spacing, skull_stripped=True) for c in cases]
 
 
 def evaluate(runners: dict[str, Callable[[Input], dict]], inputs: list[Input], conditions: list[tuple[str, str]],

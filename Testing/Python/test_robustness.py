@@ -59,18 +59,21 @@ def test_field_of_view_edge_moves_the_structure_to_the_edge(case):
 
 
 def test_brats_inputs_keep_their_scale(case):
-    """Both OSS-Net inputs get the same artefact; intensities return to the input's range."""
+    """Both OSS-Net inputs get the same artefact; the background of skull-stripped inputs stays."""
     from OSSNetSegmentLib.data import load_case
 
     loaded = load_case(DATA_ROOT / "BraTS_sample", "brats_2013_pat0006_1")
-    box = (slice(60, 92), slice(80, 144), slice(80, 144))
+    box = (slice(60, 92), slice(80, 144), slice(20, 84))  # the brain's edge: head and background
     item = rb.Input(loaded.case_id, [np.ascontiguousarray(i[box]) for i in loaded.images],
-                    np.ascontiguousarray(loaded.labels[box]), loaded.spacing)
-    corrupted = rb.corrupt(item, "bias field", "moderate")
-    for before, after in zip(item.images, corrupted.images, strict=True):
-        assert not np.array_equal(before, after)
-        assert after.min() >= before.min() - 1e-4  # the field multiplies what lies above the minimum
-        assert abs(float(np.median(after)) - float(np.median(before))) < before.std()
+                    np.ascontiguousarray(loaded.labels[box]), loaded.spacing, skull_stripped=True)
+    for artefact in ("bias field", "noise"):
+        corrupted = rb.corrupt(item, artefact, "moderate")
+        for before, after in zip(item.images, corrupted.images, strict=True):
+            background = before == before.min()
+            assert background.any() and not np.array_equal(before, after)
+            np.testing.assert_array_equal(after[background], before[background])  # still skull-stripped
+            assert after.min() >= before.min() - 1e-4 or artefact == "noise"
+            assert abs(float(np.median(after[~background])) - float(np.median(before[~background]))) < before.std()
 
 
 def test_region_dice_agrees_with_metrics(case):

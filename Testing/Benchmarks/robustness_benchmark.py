@@ -399,6 +399,22 @@ def quality_analysis(rows: list[dict], shipped: float | None, typical_volumes: n
     return lines, report
 
 
+def ossnet_signal_lines(rows: list[dict]) -> list[str]:
+    """OSS-Net's candidate warning per result, and how it ranks with Dice (descriptive: one case)."""
+    from scipy.stats import spearmanr
+
+    lines = ["| condition | Dice | uncertain share (p in [0.25, 0.75] / called tumour) |", "|---|---:|---:|"]
+    lines += [f"| {r['artefact']} {r['level']} | {r['dice_whole tumour']:.4f} | {r['uncertain_share']:.4f} |"
+              for r in rows]
+    dices = np.array([r["dice_whole tumour"] for r in rows])
+    shares = np.array([r["uncertain_share"] for r in rows])
+    failure = dices < FAILURE_DICE
+    lines += ["", f"Spearman correlation of the uncertain share with Dice over these {len(rows)} results: "
+              f"{spearmanr(shares, dices).statistic:.3f}; ROC AUC for Dice < {FAILURE_DICE}: "
+              f"{roc_auc(shares, failure):.3f} ({int(failure.sum())} such results).", ""]
+    return lines
+
+
 def _complete_cases(rows: list[dict]) -> list[dict]:
     """The rows of the cases that have every (model, condition) of the rows (a stopped run's last
     case is incomplete)."""
@@ -430,9 +446,7 @@ def render_saved(paths: Sequence[Path]) -> list[str]:
     if brats:
         lines += [f"## Brain tumour: OSS-Net on {', '.join(dict.fromkeys(r['case'] for r in brats))} (1 mm output)", ""]
         lines += robustness_table(brats, list(TUMOUR_REGIONS)) + [""]
-        lines += ["| condition | Dice | uncertain share (p in [0.25, 0.75] / called tumour) |", "|---|---:|---:|"]
-        lines += [f"| {r['artefact']} {r['level']} | {r['dice_whole tumour']:.4f} | {r['uncertain_share']:.4f} |"
-                  for r in brats] + [""]
+        lines += ossnet_signal_lines(brats)
     return lines
 
 
@@ -516,9 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         report["brats"] = rows
         lines += [f"## Brain tumour: OSS-Net on {', '.join(i.case_id for i in inputs)} (1 mm output)", ""]
         lines += robustness_table(rows, list(TUMOUR_REGIONS)) + [""]
-        lines += ["| condition | Dice | uncertain share (p in [0.25, 0.75] / called tumour) |", "|---|---:|---:|"]
-        lines += [f"| {r['artefact']} {r['level']} | {r['dice_whole tumour']:.4f} | {r['uncertain_share']:.4f} |"
-                  for r in rows] + [""]
+        lines += ossnet_signal_lines(rows)
     from EfficientSegmentationCommon.hardware import hardware_description
 
     lines.append(f"Hardware: {hardware_description()}, {args.threads} thread(s).")

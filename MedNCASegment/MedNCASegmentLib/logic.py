@@ -128,8 +128,9 @@ class MedNCASegmentLogic(RegistryLogic):
                 ``compute``); the last call gets the result's labels.
             options: any setting as a keyword, in camelCase or as the field name, applied over
                 ``settings``: ``model``, ``globalSteps``, ``refinementSteps``, ``downscale``,
-                ``runs``, ``seed``, ``device``, ``keepLargestComponent``, ``uncertaintyVolume``
-                (see ``MedNCASettings``).
+                ``runs``, ``seed``, ``device``, ``keepLargestComponent``, ``uncertaintyVolume``,
+                ``mirror``, ``preview`` (see ``MedNCASettings``; ``preview`` only tells the panel to
+                show one, the callback is ``previewCallback``).
 
         Raises:
             InputVolumeError: the volume cannot be segmented (the message says why).

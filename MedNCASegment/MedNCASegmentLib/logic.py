@@ -43,9 +43,12 @@ QUALITY_ATTRIBUTE = "MedNCA.QualityScore"
 # Receives the current hard labels (KJI uint8, on the input volume's full grid, the model card's
 # label values) while the automaton runs; called from the thread that runs ``compute``.
 PreviewCallback = Callable[[np.ndarray], None]
-# At most one preview every this many seconds: smooth enough to watch the automaton grow, and
-# cheap for the run (Testing/Benchmarks/preview_benchmark.py measures the cost).
+# At most one preview every this many seconds, smooth enough to watch the automaton grow; and
+# previews skipped while they have taken more than this share of the run's time so far, so that on
+# a busy machine (where every second holds less of the run) they still cost the run little
+# (Testing/Benchmarks/preview_benchmark.py measures the cost).
 PREVIEW_INTERVAL_S = 0.5
+PREVIEW_SHARE = 0.05
 
 
 @dataclass
@@ -212,15 +215,18 @@ class MedNCASegmentLogic(RegistryLogic):
 
     def _preview_relay(self, job: MedNCAJob, grid: VolumeGeometry, callback: PreviewCallback) -> Callable:
         """The ``preview`` of ``inference.segment``: labels on the model's grid, brought to the input's
-        full grid (nearest voxel) and passed on at most every :data:`PREVIEW_INTERVAL_S` seconds."""
-        last = [-float("inf")]
+        full grid (nearest voxel) and passed on at most every :data:`PREVIEW_INTERVAL_S` seconds,
+        and only while relaying has taken at most :data:`PREVIEW_SHARE` of the time so far."""
+        started = time.perf_counter()
+        last, spent = [-float("inf")], [0.0]
 
         def relay(labels: np.ndarray) -> None:
             now = time.perf_counter()
-            if now - last[0] < PREVIEW_INTERVAL_S:
+            if now - last[0] < PREVIEW_INTERVAL_S or spent[0] > PREVIEW_SHARE * (now - started):
                 return
             last[0] = now
             callback(self._on_full_grid(job, resample(labels, grid, job.geometry, order=0)))
+            spent[0] += time.perf_counter() - now
         return relay
 
     def finish(self, job: MedNCAJob, computed: MedNCAComputed, progressCallback: ProgressCallback | None = None,

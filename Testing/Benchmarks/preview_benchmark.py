@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if status.state is not JobState.FINISHED:
             raise RuntimeError(f"the run ended {status.state.value}: {status.error}")
         if preview is not None:
-            preview.show()  # the last frame (the result)
+            preview.show(force=True)  # the last frame (the result)
             preview.remove()
         return row
 

@@ -30,8 +30,9 @@ def logic(scene) -> MedNCASegmentLogic:
 
 @pytest.fixture
 def every_preview(monkeypatch):
-    """No time throttle, so the frames the automaton offers all arrive, whatever the machine's speed."""
+    """No throttle, so the frames the automaton offers all arrive, whatever the machine's speed."""
     monkeypatch.setattr(logic_module, "PREVIEW_INTERVAL_S", 0.0)
+    monkeypatch.setattr(logic_module, "PREVIEW_SHARE", float("inf"))
 
 
 def node_ids(scene) -> set[str]:
@@ -78,7 +79,7 @@ def run_with_preview(scene, logic, case, cancel_after_frames: int | None):
     shows the preview; cancel once ``cancel_after_frames`` frames were shown. Returns the job,
     its final status and the preview."""
     job = logic.prepare(case.volume, MedNCASettings(runs=RUNS, preview=True))
-    preview = LivePreview(scene, job.input_volume, job.full_geometry, job.entry.segments, "Med-NCA")
+    preview = LivePreview(scene, job.input_volume, job.full_geometry, job.entry.segments, "Med-NCA", share=float("inf"))
     background = BackgroundJob()
     background.start(lambda progress, cancel: logic.compute(job, progress, cancel, previewCallback=preview.put))
     deadline = time.monotonic() + 600
@@ -106,7 +107,7 @@ def test_finished_run_keeps_the_result_and_removes_the_preview(scene, logic, eve
     case = load_case(scene, CASE)
     job, status, preview = run_with_preview(scene, logic, case, cancel_after_frames=None)
     assert status.state is JobState.FINISHED
-    preview.show()  # the last frame: the result's labels
+    preview.show(force=True)  # the last frame: the result's labels
     shown = export_segmentation_labels(scene, preview.node, case.volume, job.entry.segments)
     assert preview.node.GetSaveWithScene() == 0
     result = logic.finish(job, status.result)
@@ -115,6 +116,22 @@ def test_finished_run_keeps_the_result_and_removes_the_preview(scene, logic, eve
     assert segmentations.GetNumberOfItems() == 1 and segmentations.GetItemAsObject(0) is result.segmentation
     np.testing.assert_array_equal(shown, result.labels)
     np.testing.assert_array_equal(array_from_volume(case.volume)[0], case.image)  # input untouched
+
+
+def test_preview_writes_take_at_most_their_share(scene) -> None:
+    """A preview that has spent its share of the time skips frames (keeping the latest) until time catches up."""
+    case = load_case(scene, CASE)
+    geometry = array_from_volume(case.volume)[1]
+    entry = MedNCASegmentLogic(scene).model_entry(None)
+    preview = LivePreview(scene, case.volume, geometry, entry.segments, "Med-NCA", share=0.05)
+    labels = case.labels.astype(np.uint8)
+    preview.put(labels)
+    assert preview.show()  # the first frame is always shown
+    preview.put(labels)
+    assert not preview.show()  # right after it: over its share
+    assert preview.show(force=True) and preview.shown == 2
+    preview.remove()
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
 
 
 def test_preview_is_a_panel_option_not_a_cli_flag() -> None:

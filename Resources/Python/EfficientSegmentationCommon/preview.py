@@ -5,12 +5,16 @@ hands its current labels to :meth:`LivePreview.put`, which keeps only the latest
 thread skips frames instead of queueing them). The panel's poll timer, on the main thread,
 calls :meth:`LivePreview.show`, which writes the latest labels into a temporary segmentation
 node, and :meth:`LivePreview.remove` when the run ends, is cancelled or fails, so no preview
-node outlives the run. Plain Python over an MRML scene, so it is tested headless.
+node outlives the run. Writing a label map into a segmentation takes the main thread some
+milliseconds, so :meth:`show` skips (keeping the labels for later) while writing has taken more
+than a share of the time since the preview began: the run keeps its pace on a busy machine.
+Plain Python over an MRML scene, so it is tested headless.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,15 +33,19 @@ class LivePreview:
         geometry: the grid of the labels :meth:`put` receives (the input volume's).
         segments: the model's segments (names, label values, colours).
         method_title: "Med-NCA": used in the node's name.
+        share: at most this share of the time since the preview began goes to writing it.
     """
 
     def __init__(self, scene, reference_volume, geometry: VolumeGeometry, segments: Sequence[SegmentSpec],
-                 method_title: str) -> None:
+                 method_title: str, share: float = 0.05) -> None:
         self.scene, self.reference_volume, self.geometry = scene, reference_volume, geometry
         self.segments = list(segments)
         self.name = f"{reference_volume.GetName()} {method_title} preview"
         self.node = None
         self.shown = 0  # label maps written so far (for tests and diagnostics)
+        self.share = share
+        self._started = time.perf_counter()
+        self._spent = 0.0  # seconds spent writing
         self._lock = threading.Lock()
         self._latest: np.ndarray | None = None
 
@@ -47,9 +55,13 @@ class LivePreview:
         with self._lock:
             self._latest = labels
 
-    def show(self) -> bool:
-        """Write the latest labels, if new ones came, into the preview node (created on first use);
+    def show(self, force: bool = False) -> bool:
+        """Write the latest labels, if new ones came, into the preview node (created on first use),
+        unless writing has taken more than ``share`` of the time so far (``force``: write anyway);
         main thread only. Returns True when it wrote."""
+        started = time.perf_counter()
+        if not force and self.shown and self._spent > self.share * (started - self._started):
+            return False
         with self._lock:
             labels, self._latest = self._latest, None
         if labels is None:
@@ -60,6 +72,7 @@ class LivePreview:
                                                  self.segments, output=self.node, name=self.name)
         self.node.SetSaveWithScene(False)
         self.shown += 1
+        self._spent += time.perf_counter() - started
         return True
 
     def remove(self) -> None:

@@ -363,6 +363,22 @@ def robustness_table(rows: list[dict], regions: Sequence[str]) -> list[str]:
     return lines
 
 
+def leave_one_case_out(scores: Sequence[float], positive: Sequence[bool], cases: Sequence[str],
+                       target: float) -> dict[str, float]:
+    """How the threshold rule of :func:`threshold_for_sensitivity` holds on unseen cases: for each
+    case, the threshold chosen on the other cases' results flags (or not) this case's results;
+    sensitivity and specificity over all those held-out decisions. A case whose training part
+    has no positives keeps no threshold (nothing flagged)."""
+    scores, positive, cases = np.asarray(scores, float), np.asarray(positive, bool), np.asarray(cases)
+    flagged = np.zeros(len(scores), bool)
+    for case in dict.fromkeys(cases.tolist()):
+        held = cases == case
+        threshold = threshold_for_sensitivity(scores[~held], positive[~held], target)
+        flagged[held] = scores[held] > threshold if threshold is not None else False
+    return {"sensitivity": float(flagged[positive].mean()) if positive.any() else float("nan"),
+            "specificity": float((~flagged[~positive]).mean()) if (~positive).any() else float("nan")}
+
+
 def quality_analysis(rows: list[dict], shipped: float | None, typical_volumes: np.ndarray | None) -> tuple[list[str], dict]:
     """The quality signals of Med-NCA's results as failure detectors (see the module docstring)."""
     nca = [r for r in rows if r["model"] == "Med-NCA"]
@@ -396,6 +412,15 @@ def quality_analysis(rows: list[dict], shipped: float | None, typical_volumes: n
         report[f"threshold_{label.split()[0]}"] = {"threshold": threshold, **rates}
         lines.append(f"| {label}: {threshold} | {rates['sensitivity']:.3f} | {rates['specificity']:.3f} | "
                      f"{rates['flagged']} of {len(nca)} |")
+    cases = [r["case"] for r in nca]
+    if chosen is not None and len(set(cases)) > 1:
+        held_out = leave_one_case_out(nqm_max, failure, cases, TARGET_SENSITIVITY)
+        report["threshold_leave_one_case_out"] = held_out
+        lines += ["", f"The re-chosen rule on unseen cases (leave one case out: the threshold chosen on the other "
+                      f"cases' results judges this case's): sensitivity {held_out['sensitivity']:.3f}, "
+                      f"specificity {held_out['specificity']:.3f}."]
+    failing = sorted({f"{r['artefact']} {r['level']}" for r, f in zip(nca, failure, strict=True) if f})
+    lines += ["", f"Failures came from: {', '.join(failing) or 'none'}."]
     return lines, report
 
 

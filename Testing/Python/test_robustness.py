@@ -100,3 +100,13 @@ def test_failure_detector_statistics():
     assert rb.flag_rates(scores, failure, threshold)["sensitivity"] == 1.0
     assert rb.threshold_for_sensitivity(scores, [False] * 6, 0.9) is None
     assert np.isnan(rb.roc_auc(scores, [False] * 6))
+
+
+def test_leave_one_case_out_judges_each_case_by_the_others():
+    scores = [0.1, 0.5, 0.2, 0.6, 0.1, 0.3]
+    failure = [False, True, False, True, False, True]
+    cases = ["a", "a", "b", "b", "c", "c"]
+    # Held out a: threshold from b, c's failures (0.6, 0.3) -> 0.2999, flags 0.5 (yes) and 0.1 (no); held out
+    # b: from 0.5, 0.3 -> 0.2999, flags 0.6, not 0.2; held out c: from 0.5, 0.6 -> 0.4999: misses 0.3.
+    assert rb.leave_one_case_out(scores, failure, cases, 0.9) == {"sensitivity": pytest.approx(2 / 3),
+                                                                   "specificity": 1.0}

@@ -48,7 +48,12 @@ PreviewCallback = Callable[[np.ndarray], None]
 # a busy machine (where every second holds less of the run) they still cost the run little
 # (Testing/Benchmarks/preview_benchmark.py measures the cost).
 PREVIEW_INTERVAL_S = 0.5
-PREVIEW_SHARE = 0.05
+PREVIEW_SHARE = 0.03
+# The automaton offers its labels every this many steps (of 40 per stage pair with the shipped
+# model): making them costs the run even when the relay drops them (every 4 steps, with 5% shares
+# for relay and panel, took 1.22x a plain run's CPU time on the shared machine;
+# Testing/Benchmarks/RESULTS.md).
+PREVIEW_EVERY_STEPS = 8
 
 
 @dataclass
@@ -194,7 +199,8 @@ class MedNCASegmentLogic(RegistryLogic):
         check_size(grid.shape_kji, config.dims, minimum_size(downscale, config.global_kernel, config.refinement_kernel),
                    grid.spacing, describe_node(job.input_volume))
         model_image = resample(job.image, job.geometry, grid, order=1)
-        preview = {} if previewCallback is None else {"preview": self._preview_relay(job, grid, previewCallback)}
+        preview = {} if previewCallback is None else {"preview": self._preview_relay(job, grid, previewCallback),
+                                                      "preview_every": PREVIEW_EVERY_STEPS}
         result = segment(network, model_image, normalized=True, progress=scaled(step, 0.02, 0.97),
                          **settings.inference_keywords(), **preview)
         step(0.97, "Resampling to the input grid")

@@ -123,7 +123,7 @@ def test_preview_writes_take_at_most_their_share(scene) -> None:
     case = load_case(scene, CASE)
     geometry = array_from_volume(case.volume)[1]
     entry = MedNCASegmentLogic(scene).model_entry(None)
-    preview = LivePreview(scene, case.volume, geometry, entry.segments, "Med-NCA", share=0.05)
+    preview = LivePreview(scene, case.volume, geometry, entry.segments, "Med-NCA", share=0.03)
     labels = case.labels.astype(np.uint8)
     preview.put(labels)
     assert preview.show()  # the first frame is always shown

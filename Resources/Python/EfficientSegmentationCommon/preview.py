@@ -37,7 +37,7 @@ class LivePreview:
     """
 
     def __init__(self, scene, reference_volume, geometry: VolumeGeometry, segments: Sequence[SegmentSpec],
-                 method_title: str, share: float = 0.05) -> None:
+                 method_title: str, share: float = 0.03) -> None:
         self.scene, self.reference_volume, self.geometry = scene, reference_volume, geometry
         self.segments = list(segments)
         self.name = f"{reference_volume.GetName()} {method_title} preview"

@@ -4,6 +4,7 @@ widget's poll timer drives it) is gone after a finished and after a cancelled ru
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
@@ -16,11 +17,16 @@ from EfficientSegmentationCommon.volume_arrays import array_from_volume
 from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels, write_scalar_volume
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from MedNCASegmentLib import logic as logic_module
+from MedNCASegmentLib.inference import segment
 from MedNCASegmentLib.logic import MedNCASegmentLogic
 from MedNCASegmentLib.settings import MedNCASettings
 
 CASE = "hippocampus_006"
 RUNS = 2
+# The automaton's intermediate labels come from the fast inference path's ``preview`` (the speed
+# work); on an inference without it the logic cannot offer a preview.
+LIVE = pytest.mark.skipif("preview" not in inspect.signature(segment).parameters,
+                          reason="this inference.segment has no preview keyword (the fast inference path adds it)")
 
 
 @pytest.fixture
@@ -39,6 +45,7 @@ def node_ids(scene) -> set[str]:
     return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
 
 
+@LIVE
 def test_preview_labels_have_the_input_shape_and_end_with_the_result(scene, logic, every_preview) -> None:
     case = load_case(scene, CASE)
     frames: list[np.ndarray] = []
@@ -51,6 +58,7 @@ def test_preview_labels_have_the_input_shape_and_end_with_the_result(scene, logi
     assert any(not np.array_equal(frame, frames[-1]) for frame in frames[:-1])  # it grows: earlier frames differ
 
 
+@LIVE
 def test_preview_through_an_roi_is_on_the_full_input_grid(scene, logic, every_preview) -> None:
     case = load_case(scene, CASE)
     margin = (3, 6, 5)  # K, J, I voxels of empty field of view around the crop
@@ -91,6 +99,7 @@ def run_with_preview(scene, logic, case, cancel_after_frames: int | None):
     return job, background.wait(), preview
 
 
+@LIVE
 def test_cancel_during_preview_leaves_nothing(scene, logic, every_preview) -> None:
     case = load_case(scene, CASE)
     before = node_ids(scene)
@@ -103,6 +112,7 @@ def test_cancel_during_preview_leaves_nothing(scene, logic, every_preview) -> No
     assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
 
 
+@LIVE
 def test_finished_run_keeps_the_result_and_removes_the_preview(scene, logic, every_preview) -> None:
     case = load_case(scene, CASE)
     job, status, preview = run_with_preview(scene, logic, case, cancel_after_frames=None)

@@ -99,8 +99,9 @@ class Input:
     """One model input: images (KJI, float32), expert labels (KJI, uint8), spacing (I, J, K mm).
 
     ``skull_stripped``: the images' background is constant (their minimum), as in the BraTS
-    inputs; artefacts then leave it so, as skull stripping after the scan would (OSS-Net tells
-    head from background by it).
+    inputs; artefacts then leave it so, as skull stripping after the scan would: constant and
+    below every head voxel (OSS-Net tells head from background by it; an artefact that darkens a
+    head voxel below the old background value lowers the background with it).
     """
 
     case_id: str
@@ -196,8 +197,9 @@ def corrupt(item: Input, artefact: str, level: str) -> Input:
     for index, (low, high) in enumerate(ranges):
         unit = transformed[f"image{index}"].data[0].numpy().T  # back to KJI
         image = np.ascontiguousarray(unit * (high - low) + low, dtype=np.float32)
-        if item.skull_stripped:
-            image[item.images[index] == low] = low
+        if item.skull_stripped:  # the background constant and the image's minimum again
+            background = item.images[index] == low
+            image[background] = min(low, float(image[~background].min()) - 1e-3) if (~background).any() else low
         images.append(image)
     return Input(item.case_id, images, item.labels, item.spacing, item.skull_stripped)
 

@@ -66,13 +66,13 @@ def test_brats_inputs_keep_their_scale(case):
     box = (slice(60, 92), slice(80, 144), slice(20, 84))  # the brain's edge: head and background
     item = rb.Input(loaded.case_id, [np.ascontiguousarray(i[box]) for i in loaded.images],
                     np.ascontiguousarray(loaded.labels[box]), loaded.spacing, skull_stripped=True)
-    for artefact in ("bias field", "noise"):
+    for artefact in ("bias field", "noise", "ghosting"):
         corrupted = rb.corrupt(item, artefact, "moderate")
         for before, after in zip(item.images, corrupted.images, strict=True):
             background = before == before.min()
             assert background.any() and not np.array_equal(before, after)
-            np.testing.assert_array_equal(after[background], before[background])  # still skull-stripped
-            assert after.min() >= before.min() - 1e-4 or artefact == "noise"
+            # Still skull-stripped: the background constant and below every head voxel.
+            assert len(np.unique(after[background])) == 1 and after[background][0] < after[~background].min()
             assert abs(float(np.median(after[~background])) - float(np.median(before[~background]))) < before.std()
 
 

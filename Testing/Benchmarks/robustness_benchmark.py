@@ -248,10 +248,10 @@ def threshold_for_sensitivity(scores: Sequence[float], positive: Sequence[bool],
 # ---------------------------------------------------------------------------------------------
 # Models
 
-def hippocampus_inputs(data: Path, split: Path, count: int | None) -> list[Input]:
+def hippocampus_inputs(data: Path, split: Path, count: int | None, skip: int = 0) -> list[Input]:
     from MedNCASegmentLib.data import load_case
 
-    ids = json.loads(split.read_text())["validation"]
+    ids = json.loads(split.read_text())["validation"][skip:]
     ids = ids[:count] if count else ids
     return [Input(c.case_id, [c.image], c.labels, (1.0, 1.0, 1.0)) for c in (load_case(data, i) for i in ids)]
 
@@ -490,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--brats", type=Path, default=DATA / "BraTS_sample")
     parser.add_argument("--brats-split", type=Path, default=DEFAULT_BRATS_SPLIT)
     parser.add_argument("--cases", type=int, default=None, help="only the first N validation cases (default: all 42)")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N validation cases (with --cases: "
+                        "the next N after them; to spread a run over processes)")
     parser.add_argument("--artefacts", default=",".join(ARTEFACTS),
                         help=f"comma-separated subset of: {', '.join(ARTEFACTS)}")
     parser.add_argument("--levels", default=",".join(LEVELS), help="comma-separated subset of: moderate, strong")
@@ -540,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     if "UNet" in models:
         runners["UNet"] = unet_runner(args.unet)
     if runners:
-        inputs = hippocampus_inputs(args.data, args.split, args.cases)
+        inputs = hippocampus_inputs(args.data, args.split, args.cases, args.skip)
         rows = evaluate(runners, inputs, conditions, HIPPOCAMPUS_REGIONS, log)
         report["hippocampus"] = rows
         lines += [f"## Hippocampus: {len(inputs)} validation cases ({', '.join(runners)}; Med-NCA runs={args.runs}, "

@@ -459,6 +459,9 @@ def render_saved(paths: Sequence[Path]) -> list[str]:
         rows = saved.get("hippocampus", []) + saved.get("brats", []) + saved.get("partial", [])
         hippocampus += [r for r in rows if "dice_foreground" in r]
         brats += [r for r in rows if "dice_whole tumour" in r]
+    # One row per (model, case, condition) where runs overlapped (the same seeds: the same result).
+    hippocampus = list({(r["model"], r["case"], r["artefact"], r["level"]): r for r in hippocampus}.values())
+    brats = list({(r["model"], r["case"], r["artefact"], r["level"]): r for r in brats}.values())
     lines = []
     if hippocampus:
         hippocampus = _complete_cases(hippocampus)

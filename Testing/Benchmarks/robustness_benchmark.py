@@ -421,6 +421,12 @@ def quality_analysis(rows: list[dict], shipped: float | None, typical_volumes: n
         lines += ["", f"The re-chosen rule on unseen cases (leave one case out: the threshold chosen on the other "
                       f"cases' results judges this case's): sensitivity {held_out['sensitivity']:.3f}, "
                       f"specificity {held_out['specificity']:.3f}."]
+        # The rule (stated in the output): adopt the re-chosen threshold when it also holds on unseen cases.
+        adopt = held_out["sensitivity"] >= TARGET_SENSITIVITY
+        report["recommended_threshold"] = chosen if adopt else shipped
+        lines += ["", f"Rule: adopt the re-chosen threshold if its leave-one-case-out sensitivity is at least "
+                      f"{TARGET_SENSITIVITY:.0%}, else keep the shipped one: "
+                      + (f"adopt {chosen}." if adopt else f"keep {shipped}.")]
     failing = sorted({f"{r['artefact']} {r['level']}" for r, f in zip(nca, failure, strict=True) if f})
     lines += ["", f"Failures came from: {', '.join(failing) or 'none'}."]
     return lines, report

@@ -35,6 +35,7 @@ sys.path.append(os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "
 
 from EfficientSegmentationCommon.module_logic import LibraryLogicMixin  # noqa: E402
 from EfficientSegmentationCommon.panel_state import RunSummary  # noqa: E402
+from EfficientSegmentationCommon.preview import LivePreview  # noqa: E402
 from EfficientSegmentationCommon.segment_widget import (  # noqa: E402
     SegmentWidgetMixin,
     checkInputProblems,
@@ -81,7 +82,7 @@ class MedNCASegment(ScriptedLoadableModule):
 class MedNCASegmentParameterNode(settingsParameters(MedNCASettings)):
     """Panel state, saved with the scene: one parameter per option of ``MedNCASettings`` (inherited,
     named in camelCase: model, globalSteps, refinementSteps, downscale, runs, seed, device,
-    keepLargestComponent, uncertaintyVolume), and these.
+    keepLargestComponent, uncertaintyVolume, mirror, preview), and these.
 
     inputVolume: the volume to segment.
     inputROI: optional markups ROI; only the voxels inside it are segmented (one hippocampus).
@@ -145,6 +146,12 @@ class MedNCASegmentWidget(SegmentWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
     def _runSummary(self, result, job) -> RunSummary:
         return run_summary(result, job.settings.runs)
+
+    def _createPreview(self, job):
+        """Watch the automaton grow in a temporary segmentation when the panel's preview box is checked."""
+        if not job.settings.preview:
+            return None
+        return LivePreview(slicer.mrmlScene, job.input_volume, job.full_geometry, job.entry.segments, self.METHOD_TITLE)
 
     def _showResult(self, result, job) -> None:
         """Select the new segmentation as output (a new run replaces it) and show it in the views."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,20 @@ QUALITY_ATTRIBUTE = "MedNCA.QualityScore"
 # Node attributes holding the volumes (mm^3) and the asymmetry index (%): "<prefix>.<column>",
 # the columns of ``HippocampusVolumes.table``.
 VOLUME_ATTRIBUTE = "MedNCA.Volume"
+# Receives the current hard labels (KJI uint8, on the input volume's full grid, the model card's
+# label values) while the automaton runs; called from the thread that runs ``compute``.
+PreviewCallback = Callable[[np.ndarray], None]
+# At most one preview every this many seconds, smooth enough to watch the automaton grow; and
+# previews skipped while they have taken more than this share of the run's time so far, so that on
+# a busy machine (where every second holds less of the run) they still cost the run little
+# (Testing/Benchmarks/preview_benchmark.py measures the cost).
+PREVIEW_INTERVAL_S = 0.5
+PREVIEW_SHARE = 0.03
+# The automaton offers its labels every this many steps (of 40 per stage pair with the shipped
+# model): making them costs the run even when the relay drops them (every 4 steps, with 5% shares
+# for relay and panel, took 1.22x a plain run's CPU time on the shared machine;
+# Testing/Benchmarks/RESULTS.md).
+PREVIEW_EVERY_STEPS = 8
 
 
 @dataclass
@@ -125,7 +139,7 @@ class MedNCASegmentLogic(RegistryLogic):
 
     def segment(self, inputVolume, settings: MedNCASettings | None = None, roi=None, outputSegmentation=None,
                 progressCallback: ProgressCallback | None = None, cancelRequest: CancelRequest | None = None,
-                boxes=None, **options) -> MedNCAResult:
+                boxes=None, previewCallback: PreviewCallback | None = None, **options) -> MedNCAResult:
         """Segment ``inputVolume`` and return the result; blocking, no dialogs.
 
         Args:
@@ -140,10 +154,13 @@ class MedNCASegmentLogic(RegistryLogic):
             boxes: head mode with the boxes as the user placed them: ROI nodes of the left and
                 right hippocampus (a pair, or a mapping "left"/"right" to nodes, e.g. a previous
                 result's ``boxes``); no localisation then.
+            previewCallback: receives the current labels while the automaton runs (see
+                ``compute``; crop path only); the last call gets the result's labels.
             options: any setting as a keyword, in camelCase or as the field name, applied over
                 ``settings``: ``model``, ``globalSteps``, ``refinementSteps``, ``downscale``,
                 ``runs``, ``seed``, ``device``, ``keepLargestComponent``, ``uncertaintyVolume``,
-                ``mode`` (see ``MedNCASettings``).
+                ``mirror``, ``mode``, ``preview`` (see ``MedNCASettings``; ``preview`` only tells the
+                panel to show one, the callback is ``previewCallback``).
 
         Raises:
             InputVolumeError: the volume cannot be segmented (the message says why), e.g. no
@@ -154,7 +171,7 @@ class MedNCASegmentLogic(RegistryLogic):
         """
         settings = settings_from_keywords(MedNCASettings, settings, **options)
         job = self.prepare(inputVolume, settings, roi, outputSegmentation, boxes)
-        computed = self.compute(job, scaled(progressCallback, 0.0, 0.9), cancelRequest)
+        computed = self.compute(job, scaled(progressCallback, 0.0, 0.9), cancelRequest, previewCallback)
         return self.finish(job, computed, scaled(progressCallback, 0.9, 1.0), cancelRequest)
 
     def prepare(self, inputVolume, settings: MedNCASettings | None = None, roi=None,
@@ -189,8 +206,17 @@ class MedNCASegmentLogic(RegistryLogic):
                          notes, "head", placed, box_nodes)
 
     def compute(self, job: MedNCAJob, progressCallback: ProgressCallback | None = None,
-                cancelRequest: CancelRequest | None = None) -> MedNCAComputed:
-        """Run the model on the job's arrays; touches no MRML, so it may run in a worker thread."""
+                cancelRequest: CancelRequest | None = None,
+                previewCallback: PreviewCallback | None = None) -> MedNCAComputed:
+        """Run the model on the job's arrays; touches no MRML, so it may run in a worker thread.
+
+        ``previewCallback``, if given, receives the current labels (KJI uint8 on the input
+        volume's full grid, zero outside an ROI) at most every :data:`PREVIEW_INTERVAL_S` seconds
+        while the automaton runs: slices already finished show their mean over the runs, the
+        slices being computed the first run's current state (``inference.segment``'s
+        ``preview``). Its last call, after the run, gets exactly the labels the result will
+        hold. It is called from this thread: hand the labels over, do not touch MRML in it.
+        """
         from .inference import decode_labels, keep_largest_component, segment
         from .input_size import check_size, minimum_size
 
@@ -214,14 +240,18 @@ class MedNCASegmentLogic(RegistryLogic):
         check_size(grid.shape_kji, config.dims, minimum_size(downscale, config.global_kernel, config.refinement_kernel),
                    grid.spacing, describe_node(job.input_volume))
         model_image = resample(job.image, job.geometry, grid, order=1)
+        preview = {} if previewCallback is None else {"preview": self._preview_relay(job, grid, previewCallback),
+                                                      "preview_every": PREVIEW_EVERY_STEPS}
         result = segment(network, model_image, normalized=True, progress=scaled(step, 0.02, 0.97),
-                         **settings.inference_keywords())
+                         **settings.inference_keywords(), **preview)
         step(0.97, "Resampling to the input grid")
         mean = np.stack([resample(m, grid, job.geometry, order=1) for m in result.mean])
         spread = resample(result.std.sum(axis=0), grid, job.geometry, order=1) if settings.uncertainty_volume else None
         labels = decode_labels(mean)
         if settings.keep_largest_component:
             labels = keep_largest_component(labels)
+        if previewCallback is not None:
+            previewCallback(self._on_full_grid(job, labels))
         step(1.0, "Computed")
         return MedNCAComputed(labels, spread, result.quality, time.perf_counter() - started)
 
@@ -242,6 +272,27 @@ class MedNCASegmentLogic(RegistryLogic):
         quality = np.concatenate([head.quality[side] for side in SIDES])
         progress(1.0, "Computed")
         return MedNCAComputed(head.labels, head.spread, quality, time.perf_counter() - started, head)
+
+    @staticmethod
+    def _on_full_grid(job: MedNCAJob, labels: np.ndarray) -> np.ndarray:
+        """Labels on the job's grid placed on the input's full grid (zero outside the ROI)."""
+        return labels if job.crop is None else paste(labels, job.crop, job.full_geometry.shape_kji)
+
+    def _preview_relay(self, job: MedNCAJob, grid: VolumeGeometry, callback: PreviewCallback) -> Callable:
+        """The ``preview`` of ``inference.segment``: labels on the model's grid, brought to the input's
+        full grid (nearest voxel) and passed on at most every :data:`PREVIEW_INTERVAL_S` seconds,
+        and only while relaying has taken at most :data:`PREVIEW_SHARE` of the time so far."""
+        started = time.perf_counter()
+        last, spent = [-float("inf")], [0.0]
+
+        def relay(labels: np.ndarray) -> None:
+            now = time.perf_counter()
+            if now - last[0] < PREVIEW_INTERVAL_S or spent[0] > PREVIEW_SHARE * (now - started):
+                return
+            last[0] = now
+            callback(self._on_full_grid(job, resample(labels, grid, job.geometry, order=0)))
+            spent[0] += time.perf_counter() - now
+        return relay
 
     def finish(self, job: MedNCAJob, computed: MedNCAComputed, progressCallback: ProgressCallback | None = None,
                cancelRequest: CancelRequest | None = None) -> MedNCAResult:

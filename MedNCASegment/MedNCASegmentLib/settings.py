@@ -40,6 +40,9 @@ class MedNCASettings:
     mode: str = option("auto", "auto: on a whole head (field of view 80 mm or more) locate and segment both "
                        "hippocampi, on a crop around one hippocampus segment it as it is; head or crop forces either",
                        choices=MODES)
+    # Not a CLI flag: a command line has no view to show it in.
+    preview: bool = option(False, "show the segmentation growing in a temporary preview while the automaton runs",
+                           cli=False)
 
     def __post_init__(self) -> None:
         validate(self)

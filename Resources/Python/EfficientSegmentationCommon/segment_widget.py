@@ -160,6 +160,7 @@ class SegmentWidgetMixin:
         self.panel = SegmentPanel(_("Segment"))
         self._job = BackgroundJob()
         self._runningJob = None  # the job being computed
+        self._preview = None  # the running job's LivePreview, if it has one
         self._pollTimer = None
         self._modelItems = []
         self._modelListProblem = ""
@@ -305,12 +306,15 @@ class SegmentWidgetMixin:
                 self.logic.loadModel(job)
                 self.panel.start()
                 self._runningJob = job
+                self._preview = self._createPreview(job)
+                preview = {} if self._preview is None else {"previewCallback": self._preview.put}
                 logic = self.logic
                 self._job.start(lambda progress, cancel: logic.compute(
-                    job, scaled(progress, 0.0, COMPUTE_SHARE), cancel))
+                    job, scaled(progress, 0.0, COMPUTE_SHARE), cancel, **preview))
                 self._pollTimer.start()
         except Exception as error:  # shown by tryWithErrorDisplay; the panel says it too
             self._runningJob = None
+            self._removePreview()
             self.panel.failed(str(error))
 
     def _onPoll(self) -> None:
@@ -318,14 +322,29 @@ class SegmentWidgetMixin:
         status = self._job.poll()
         if self.panel.update(status) == FINISH:
             self._pollTimer.stop()
-            self._finishRun(status.result)
+            try:
+                self._finishRun(status.result)
+            finally:
+                self._removePreview()
         elif not self.panel.active:
             self._pollTimer.stop()
             self._runningJob = None
+            self._removePreview()
             if status.state is JobState.FAILED and status.error is not None:
                 logging.error(f"{self.METHOD_TITLE} segmentation failed:\n"
                               + "".join(traceback.format_exception(status.error)))
+        elif self._preview is not None and status.state is JobState.RUNNING:
+            try:
+                self._preview.show()
+            except Exception:  # a preview must never stop the run
+                logging.error(f"{self.METHOD_TITLE} preview could not be shown:\n" + traceback.format_exc())
         self._refresh()
+
+    def _removePreview(self) -> None:
+        """Remove the running job's preview node, if any (run finished, cancelled, failed or abandoned)."""
+        preview, self._preview = self._preview, None
+        if preview is not None:
+            preview.remove()
 
     def _finishRun(self, computed) -> None:
         """Write the computed result into the scene (all or nothing) and report it."""
@@ -348,6 +367,7 @@ class SegmentWidgetMixin:
         if self.panel.active:
             if self.panel.cancel():
                 self._job.cancel()
+        self._removePreview()
 
     # -- hooks the module widget defines ------------------------------------------------------
 
@@ -374,6 +394,11 @@ class SegmentWidgetMixin:
     def _runSummary(self, result, job) -> RunSummary:
         """What the result line says about a finished run."""
         raise NotImplementedError
+
+    def _createPreview(self, job):
+        """A ``preview.LivePreview`` for the job when its settings ask for one (main thread), else
+        None; its ``put`` becomes the logic's ``previewCallback``. No preview by default."""
+        return None
 
     def _showResult(self, result, job) -> None:
         """Select and show the new segmentation."""

@@ -1,0 +1,112 @@
+"""The robustness benchmark's parts on real data: each artefact changes a real case (and only the
+copy), the field-of-view crop puts the structure at the edge, the Dice agrees with the metrics
+module, and the failure-detector statistics are right on hand-checkable numbers."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from conftest import DATA_ROOT, REPO_ROOT, hippocampus_paths
+from EfficientSegmentationCommon.metrics import dice
+
+pytest.importorskip("torchio", reason="the robustness benchmark needs torchio (pip install -e '.[benchmark]')")
+sys.path.insert(0, str(REPO_ROOT / "Testing" / "Benchmarks"))
+import robustness_benchmark as rb  # noqa: E402
+
+CASE = "hippocampus_006"
+
+
+@pytest.fixture(scope="module")
+def case() -> rb.Input:
+    from MedNCASegmentLib.data import load_case
+
+    hippocampus_paths(CASE)  # fails with a clear message if the data is missing
+    loaded = load_case(DATA_ROOT / "Task04_Hippocampus", CASE)
+    return rb.Input(CASE, [loaded.image], loaded.labels, (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("artefact", [a for a in rb.ARTEFACTS if a != "field-of-view edge"])
+def test_artefact_changes_the_image_not_the_input(case, artefact):
+    original = case.images[0].copy()
+    changes = []
+    for level in rb.LEVELS:
+        corrupted = rb.corrupt(case, artefact, level)
+        image = corrupted.images[0]
+        assert image.shape == original.shape and image.dtype == np.float32
+        assert np.isfinite(image).all()
+        assert corrupted.labels is case.labels  # the grid is kept, so are the labels
+        changes.append(float(np.abs(image - original).mean() / original.std()))
+        assert changes[-1] > 1e-3, f"{artefact} {level} left the image unchanged"
+        # Fixed seeds: the same corruption every time.
+        np.testing.assert_array_equal(rb.corrupt(case, artefact, level).images[0], image)
+    np.testing.assert_array_equal(case.images[0], original)
+
+
+def test_field_of_view_edge_moves_the_structure_to_the_edge(case):
+    for level in rb.LEVELS:
+        margin = rb.ARTEFACTS["field-of-view edge"][level]["margin"]
+        moved = rb.corrupt(case, "field-of-view edge", level)
+        assert moved.images[0].shape == moved.labels.shape
+        assert moved.images[0].shape[1] < case.images[0].shape[1] and moved.images[0].shape[2] < case.images[0].shape[2]
+        present = np.argwhere(moved.labels > 0)
+        assert present[:, 1].min() == margin and present[:, 2].min() == margin
+        # Nothing labelled was cut away, and the image is the same voxels as before.
+        assert (moved.labels > 0).sum() == (case.labels > 0).sum()
+        offset = (case.images[0].shape[1] - moved.images[0].shape[1], case.images[0].shape[2] - moved.images[0].shape[2])
+        np.testing.assert_array_equal(moved.images[0], case.images[0][:, offset[0]:, offset[1]:])
+
+
+def test_brats_inputs_keep_their_scale(case):
+    """Both OSS-Net inputs get the same artefact; the background of skull-stripped inputs stays."""
+    from OSSNetSegmentLib.data import load_case
+
+    loaded = load_case(DATA_ROOT / "BraTS_sample", "brats_2013_pat0006_1")
+    box = (slice(60, 92), slice(80, 144), slice(20, 84))  # the brain's edge: head and background
+    item = rb.Input(loaded.case_id, [np.ascontiguousarray(i[box]) for i in loaded.images],
+                    np.ascontiguousarray(loaded.labels[box]), loaded.spacing, skull_stripped=True)
+    for artefact in ("bias field", "noise", "ghosting"):
+        corrupted = rb.corrupt(item, artefact, "moderate")
+        for before, after in zip(item.images, corrupted.images, strict=True):
+            background = before == before.min()
+            assert background.any() and not np.array_equal(before, after)
+            # Still skull-stripped: the background constant and below every head voxel.
+            assert len(np.unique(after[background])) == 1 and after[background][0] < after[~background].min()
+            assert abs(float(np.median(after[~background])) - float(np.median(before[~background]))) < before.std()
+
+
+def test_region_dice_agrees_with_metrics(case):
+    truth = case.labels
+    # A real disagreement: the expert labels shifted by two voxels along J, the classes swapped in a slab.
+    predicted = np.roll(truth, 2, axis=1)
+    predicted[:10] = np.where(predicted[:10] > 0, 3 - predicted[:10], 0)
+    scores = rb.region_dice(predicted, truth, rb.HIPPOCAMPUS_REGIONS)
+    assert scores["foreground"] == pytest.approx(dice(predicted > 0, truth > 0))
+    assert scores["anterior"] == pytest.approx(dice(predicted == 1, truth == 1))
+    assert scores["posterior"] == pytest.approx(dice(predicted == 2, truth == 2))
+    assert 0.3 < scores["foreground"] < 0.95 and scores["anterior"] < scores["foreground"]
+
+
+def test_failure_detector_statistics():
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    failure = [False, False, True, False, True, True]
+    # Pairs (failure, success) where the failure scores higher: 0.3 > 0.1, 0.2; 0.5 and 0.6 > all three.
+    assert rb.roc_auc(scores, failure) == pytest.approx(8 / 9)
+    rates = rb.flag_rates(scores, failure, 0.35)
+    assert rates == {"sensitivity": pytest.approx(2 / 3), "specificity": pytest.approx(2 / 3), "flagged": 3}
+    threshold = rb.threshold_for_sensitivity(scores, failure, 0.9)  # all three failures: just below 0.3
+    assert threshold == pytest.approx(0.2999)
+    assert rb.flag_rates(scores, failure, threshold)["sensitivity"] == 1.0
+    assert rb.threshold_for_sensitivity(scores, [False] * 6, 0.9) is None
+    assert np.isnan(rb.roc_auc(scores, [False] * 6))
+
+
+def test_leave_one_case_out_judges_each_case_by_the_others():
+    scores = [0.1, 0.5, 0.2, 0.6, 0.1, 0.3]
+    failure = [False, True, False, True, False, True]
+    cases = ["a", "a", "b", "b", "c", "c"]
+    # Held out a: threshold from b, c's failures (0.6, 0.3) -> 0.2999, flags 0.5 (yes) and 0.1 (no); held out
+    # b: from 0.5, 0.3 -> 0.2999, flags 0.6, not 0.2; held out c: from 0.5, 0.6 -> 0.4999: misses 0.3.
+    assert rb.leave_one_case_out(scores, failure, cases, 0.9) == {"sensitivity": pytest.approx(2 / 3),
+                                                                   "specificity": 1.0}

@@ -97,9 +97,10 @@ class LibraryLogicMixin:
         """Main thread: check the inputs and copy them out of the scene, with the method's settings."""
         return self.implementation.prepare(inputs, settings, roi, outputSegmentation)
 
-    def compute(self, job, progressCallback=None, cancelRequest=None):
-        """Any thread: run the model on the prepared arrays; touches no MRML."""
-        return self.implementation.compute(job, progressCallback, cancelRequest)
+    def compute(self, job, progressCallback=None, cancelRequest=None, **callbacks):
+        """Any thread: run the model on the prepared arrays; touches no MRML. ``callbacks``: the
+        method's own, e.g. Med-NCA's ``previewCallback`` (the live preview)."""
+        return self.implementation.compute(job, progressCallback, cancelRequest, **callbacks)
 
     def finish(self, job, computed, progressCallback=None, cancelRequest=None):
         """Main thread: write the result into the scene, all or nothing."""

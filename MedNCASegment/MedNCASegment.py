@@ -148,8 +148,9 @@ class MedNCASegmentWidget(SegmentWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         return run_summary(result, job.settings.runs)
 
     def _createPreview(self, job):
-        """Watch the automaton grow in a temporary segmentation when the panel's preview box is checked."""
-        if not job.settings.preview:
+        """Watch the automaton grow in a temporary segmentation when the panel's preview box is checked
+        (one hippocampus: the whole-head path segments two boxes and shows the result at the end)."""
+        if not job.settings.preview or job.mode == "head":
             return None
         return LivePreview(slicer.mrmlScene, job.input_volume, job.full_geometry, job.entry.segments, self.METHOD_TITLE)
 

@@ -247,3 +247,39 @@ def empty_result_warning(labels: np.ndarray, segment_names: Sequence[str], volum
     return (f"The segmentation of '{volume_name}' is empty: no {' or '.join(segment_names)} was found. If the scan "
             "shows one, check the input against the model card (the right sequence in the right order, "
             "its requirements, not a label map).")
+
+
+def check_inputs(images: Sequence[np.ndarray], geometries: Sequence[VolumeGeometry], volume_names: Sequence[str],
+                 input_names: Sequence[str], requirements: Sequence[str] = (),
+                 named_as: Callable[[str, str], bool] | None = None) -> list[str]:
+    """Every content check for one run of a model; returns the warnings, raises
+    ``InputVolumeError`` on an input that cannot give a meaningful result.
+
+    ``images`` (KJI arrays on ``geometries``, as read from the volumes ``volume_names``) are the
+    model's inputs in the order of its card's ``input_names``; ``requirements`` are the card's
+    ``inputRequirements``; ``named_as(volume_name, input_name)`` tells whether a name marks a
+    volume as an input (None: names are not judged). Refused: a constant volume, a label map or
+    mask, one image for two inputs, FLAIR and T1 swapped by both names and contrast. Warned:
+    each failed requirement, a swap that only one kind of evidence shows.
+    """
+    names = list(input_names) if len(input_names) == len(images) else [None] * len(images)
+    for image, input_name, volume_name in zip(images, names, volume_names, strict=True):
+        expected = f"a {input_name} scan" if input_name else "the scan"
+        check_image_content(image, describe_input(input_name if len(images) > 1 else None, volume_name), expected)
+    if len(images) > 1:
+        check_distinct_inputs(images, [name or "input" for name in names], volume_names)
+    ordered = [name.lower() for name in names if name]
+    wants_order = "flair" in ordered and any(name.startswith("t1") for name in ordered)
+    if not requirements and not wants_order:
+        return []
+    features = [brain_features(image, geometry) for image, geometry in zip(images, geometries, strict=True)]
+    warnings = []
+    for measured, input_name, volume_name in zip(features, names, volume_names, strict=True):
+        warnings += brain_requirement_warnings(measured, describe_input(input_name, volume_name), requirements)
+    if wants_order:
+        order_warnings, error = modality_order_problems(features, names, volume_names,
+                                                        named_as or (lambda volume, name: False))
+        if error:
+            raise InputVolumeError(error)
+        warnings += order_warnings
+    return warnings

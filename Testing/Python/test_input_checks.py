@@ -142,3 +142,15 @@ def test_an_empty_result_is_reported():
         "The segmentation of 'case' is empty: no whole tumour was found.")
     labels[1, 2, 3] = 1
     assert empty_result_warning(labels, ["whole tumour"], "case") is None
+
+
+def test_a_parcellation_with_many_labels_is_refused():
+    """Like a FreeSurfer aparc: the BraTS brain cut into ~2 cm parcels, each with its own label value."""
+    brain = read_nifti_kji(BRATS / "brats_2013_pat0006_1" / "brainmask.nii.gz")[0] > 0
+    k, j, i = np.indices(brain.shape) // 20
+    parcels = np.where(brain, 1000 + 7 * (i + 12 * j + 144 * k), 0).astype(np.float32)
+    count = len(np.unique(parcels))
+    assert count > 16
+    with pytest.raises(InputVolumeError, match=rf"'parcels' looks like a label map, not an image: it holds {count} "
+                                               r"integer values \(0, 1\d+, .*\) in uniform regions"):
+        check_image_content(parcels, "Input volume 'parcels'")

@@ -136,7 +136,7 @@ class MedNCASegmentWidget(SegmentWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         return self.logic.prepare(node.inputVolume, panel_settings(node), node.inputROI, node.outputSegmentation)
 
     def _runSummary(self, result, job) -> RunSummary:
-        return run_summary(result, job.settings.runs)
+        return run_summary(result)
 
     def _showResult(self, result, job) -> None:
         """Select the new segmentation as output (a new run replaces it) and show it in the views."""

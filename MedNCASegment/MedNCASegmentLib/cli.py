@@ -52,12 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = logic.segment(volume, settings, progressCallback=batch.ProgressBar(volume.GetName()))
             written = batch.write_result(result, batch.output_path(args.output_dir, volume.GetName(), args.format),
                                          volume)
-            quality = ", ".join(f"{name} {score:.3f}" for name, score in result.quality.items())
+            if any(score is None for score in result.quality.values()):
+                quality = f"unavailable with {settings.runs} run"
+            else:
+                quality = ", ".join(f"{name} {score:.3f}" for name, score in result.quality.items())
             warning = " WARNING: likely failure" if result.likely_failure else ""
-            notes = "".join(f"; note: {w}" for w in result.warnings)
             return batch.BatchOutcome(volume.GetName(), True,
-                                f"{written} ({result.seconds:.1f} s; quality score NQM: {quality}){warning}{notes}",
-                                result.seconds)
+                                      f"{written} ({result.seconds:.1f} s; quality score NQM: {quality}){warning}",
+                                      result.seconds, result.warnings)
         finally:
             scene.Clear(0)  # keep memory flat over long batches
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import vtk
 from EfficientSegmentationCommon.scene import forget_removed_nodes, remove_node
+from EfficientSegmentationCommon.segmentation_output import write_labels_to_segmentation, write_scalar_volume
 from MedNCASegmentLib.logic import MedNCASegmentLogic
 
 
@@ -17,22 +18,26 @@ def hierarchy_items(scene) -> list[tuple[str, bool]]:
 
 
 def test_remove_node_takes_everything_of_a_result_away(scene, hippocampus):
-    logic = MedNCASegmentLogic(scene)
+    """A result as the logic writes it: a segmentation (with its closed surface) and an uncertainty volume."""
+    segments = MedNCASegmentLogic(scene).model_entry(None).segments
     nodes_before = scene.GetNumberOfNodes()
-    result = logic.segment(hippocampus.volume, runs=1, uncertaintyVolume=True)
-    assert scene.GetNumberOfNodes() > nodes_before
-    remove_node(scene, result.segmentation)
-    remove_node(scene, result.uncertainty)
-    remove_node(scene, result.uncertainty)  # already gone: nothing happens
+    segmentation = write_labels_to_segmentation(scene, hippocampus.labels, hippocampus.geometry, hippocampus.volume,
+                                                 segments, name="result")
+    uncertainty = write_scalar_volume(scene, hippocampus.image, hippocampus.geometry, "uncertainty")
+    assert scene.GetNumberOfNodes() > nodes_before + 2  # display nodes came with them
+    remove_node(scene, segmentation)
+    remove_node(scene, uncertainty)
+    remove_node(scene, uncertainty)  # already gone: nothing happens
     assert scene.GetNumberOfNodes() == nodes_before
     assert hierarchy_items(scene) == []
 
 
 def test_plain_remove_node_leaves_no_stale_hierarchy_item(scene, hippocampus, capfd):
-    logic = MedNCASegmentLogic(scene)
-    for _ in range(3):  # the stale item of a removed result used to break the run after next
-        result = logic.segment(hippocampus.volume, runs=1)
-        scene.RemoveNode(result.segmentation)
+    segments = MedNCASegmentLogic(scene).model_entry(None).segments
+    for index in range(3):  # the stale item of a removed result used to break the result after next
+        result = write_labels_to_segmentation(scene, hippocampus.labels, hippocampus.geometry, hippocampus.volume,
+                                              segments, name=f"result {index}")
+        scene.RemoveNode(result)
         assert len(hierarchy_items(scene)) == 1  # the removed result's, forgotten when the next one is placed
     assert "DataNodeCache inconsistency" not in capfd.readouterr().err
 
@@ -40,8 +45,10 @@ def test_plain_remove_node_leaves_no_stale_hierarchy_item(scene, hippocampus, ca
 def test_folders_stay_when_stale_items_are_forgotten(scene, hippocampus):
     hierarchy = scene.GetSubjectHierarchyNode()
     folder = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), "study folder")
-    result = MedNCASegmentLogic(scene).segment(hippocampus.volume, runs=1)
-    scene.RemoveNode(result.segmentation)
+    segments = MedNCASegmentLogic(scene).model_entry(None).segments
+    result = write_labels_to_segmentation(scene, hippocampus.labels, hippocampus.geometry, hippocampus.volume,
+                                          segments, name="result")
+    scene.RemoveNode(result)
     assert forget_removed_nodes(scene) == 1
     assert hierarchy_items(scene) == [("study folder", False)]
     assert hierarchy.GetItemName(folder) == "study folder"

@@ -9,7 +9,8 @@ own in a ``Models.json`` of the same form in the folder named by ``EFFSEG_USER_M
 Every entry and card is checked against the schema when it is read (``model_cards``). A fault in
 the shipped registry is ours and raises ``ModelError``; a fault in the user's registry (the
 whole file, or one entry) must not stop the shipped models: the bad part is skipped and a
-warning naming the file and the field is kept in ``ModelRegistry.warnings`` (and logged).
+warning naming the file and the field is kept in ``ModelRegistry.warnings``, which the commands
+print and the panels log.
 
 Weights are looked up relative to the extension's root: ``<root>/<module>/Resources/<file>`` in
 a source checkout, ``<root>/Resources/<file>`` where Slicer installed the modules side by side.
@@ -17,7 +18,6 @@ a source checkout, ``<root>/Resources/<file>`` where Slicer installed the module
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Sequence
@@ -142,7 +142,6 @@ class ModelRegistry:
 
     def _skip(self, message: str) -> None:
         self.warnings.append(message)
-        logging.warning(message)
 
     @classmethod
     def default(cls) -> "ModelRegistry":

@@ -122,7 +122,7 @@ class ModelRegistry:
         except ModelError as error:
             if strict:
                 raise
-            self._skip(f"{error} Its models are skipped; the shipped models are still available.")
+            self.warnings.append(f"{error} Its models are skipped; the shipped models are still available.")
             return
         for index, values in enumerate(document["models"]):
             label = f"Model '{values['id']}'" if isinstance(values, dict) and isinstance(values.get("id"), str) \
@@ -136,12 +136,9 @@ class ModelRegistry:
             except ModelError as error:
                 if strict:
                     raise
-                self._skip(f"{error} It is skipped.")
+                self.warnings.append(f"{error} It is skipped.")
                 continue
             self.entries.append(entry)
-
-    def _skip(self, message: str) -> None:
-        self.warnings.append(message)
 
     @classmethod
     def default(cls) -> "ModelRegistry":

@@ -78,10 +78,10 @@ def remove_node(scene, node) -> None:
     """Remove a result (segmentation or volume node) from ``scene`` with everything that belongs
     to it: its subject hierarchy item, display nodes and storage node.
 
-    ``scene.RemoveNode`` alone leaves the display and storage nodes behind (and, on a headless
-    scene not set up by this module, the subject hierarchy item), which a long batch would pile
-    up. Removing a node that is not in the scene does nothing."""
-    if node is None or scene.GetNodeByID(node.GetID()) is None:
+    On a headless scene ``scene.RemoveNode`` alone leaves the display and storage nodes and the
+    subject hierarchy item behind, which a long batch (or the web app's sessions) would pile up.
+    Removing a node that is not in the scene does nothing."""
+    if node is None or not scene.IsNodePresent(node):
         return
     hierarchy = scene.GetSubjectHierarchyNode()
     item = hierarchy.GetItemByDataNode(node)
@@ -91,10 +91,10 @@ def remove_node(scene, node) -> None:
     if node.IsA("vtkMRMLDisplayableNode"):
         attached += [node.GetNthDisplayNode(index) for index in range(node.GetNumberOfDisplayNodes())]
     if node.IsA("vtkMRMLStorableNode"):
-        attached.append(node.GetStorageNode())
+        attached += [node.GetNthStorageNode(index) for index in range(node.GetNumberOfStorageNodes())]
     scene.RemoveNode(node)
     for other in attached:
-        if other is not None and scene.GetNodeByID(other.GetID()) is not None:
+        if other is not None and scene.IsNodePresent(other):
             scene.RemoveNode(other)
 
 

@@ -40,6 +40,8 @@ LABEL_MAP_MAX_VALUES = 16
 # maps and masks: at least 0.72 (208 MSD label maps, 5 BraTS label maps and brain masks).
 LABEL_MAP_UNIFORM_SHARE = 0.5
 LABEL_MAP_MAX_LABELS = 4096
+# Below this many voxels a scan may hold few values too (a 2 x 2 x 2 crop): no label-map verdict.
+LABEL_MAP_MIN_VOXELS = 1000
 # Statistics are taken on every n-th voxel along each axis, n chosen to keep about this many.
 MAX_STATISTICS_VOXELS = 2_000_000
 # Background of a skull-stripped scan: voxels at or below this percentile of the intensities
@@ -87,11 +89,13 @@ def _background_value(image: np.ndarray) -> float:
 
 
 def label_values(image: np.ndarray) -> np.ndarray | None:
-    """The distinct values of ``image`` if it looks like a label map or mask, else None: all
-    integers, and either at most ``LABEL_MAP_MAX_VALUES`` of them or (up to
+    """The distinct values of ``image`` if it looks like a label map or mask, else None: at
+    least ``LABEL_MAP_MIN_VOXELS`` voxels, all integers, and either at most ``LABEL_MAP_MAX_VALUES`` of them or (up to
     ``LABEL_MAP_MAX_LABELS``) in uniform regions (``uniform_share`` at least
     ``LABEL_MAP_UNIFORM_SHARE``). A strided sample is looked at first, so a real image is
     recognised without sorting all its voxels."""
+    if image.size < LABEL_MAP_MIN_VOXELS:
+        return None
     sample = image.reshape(-1)[:: max(1, image.size // 100_000)]
     if not np.all(sample == np.round(sample)) or len(np.unique(sample)) > LABEL_MAP_MAX_LABELS:
         return None

@@ -145,7 +145,7 @@ class MedNCASegmentWidget(SegmentWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                                   boxes=panel_boxes(node))
 
     def _runSummary(self, result, job) -> RunSummary:
-        return run_summary(result, job.settings.runs)
+        return run_summary(result)
 
     def _createPreview(self, job):
         """Watch the automaton grow in a temporary segmentation when the panel's preview box is checked

@@ -74,12 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = batch.write_result(result, batch.output_path(args.output_dir, volume.GetName(), args.format),
                                          volume)
             row.update(volume_row(result.mode, result.volumes), status="ok")
-            quality = ", ".join(f"{name} {score:.3f}" for name, score in result.quality.items())
-            warning = "".join(f" WARNING: {text}" for text in result.warnings)
+            if any(score is None for score in result.quality.values()):
+                quality = f"unavailable with {settings.runs} run"
+            else:
+                quality = ", ".join(f"{name} {score:.3f}" for name, score in result.quality.items())
+            warning = " WARNING: likely failure" if result.likely_failure else ""
             return batch.BatchOutcome(volume.GetName(), True,
                                       f"{written} ({result.seconds:.1f} s, {result.mode} mode; "
                                       f"{result.volumes.summary()}; quality score NQM: {quality}){warning}",
-                                      result.seconds)
+                                      result.seconds, result.warnings)
         finally:
             scene.Clear(0)  # keep memory flat over long batches
 

@@ -32,6 +32,7 @@ from EfficientSegmentationCommon.errors import ModelError, describe_node
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import KJISlices, axis_aligned_grid, crop_to_roi, paste
 from EfficientSegmentationCommon.input_files import check_source_files
+from EfficientSegmentationCommon.input_checks import check_inputs, empty_result_warning
 from EfficientSegmentationCommon.model_choice import RegistryLogic
 from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
@@ -79,7 +80,7 @@ class MedNCAJob:
     full_geometry: VolumeGeometry
     crop: KJISlices | None
     output_segmentation: object | None
-    notes: list[str] = field(default_factory=list)  # warnings about the input (its file), for the result
+    notes: list[str] = field(default_factory=list)  # warnings about the input (its file, its content), for the result
     mode: str = "crop"  # "crop" (one hippocampus) or "head" (both, in their boxes)
     boxes: dict[str, HippocampusBox] | None = None  # head mode: the boxes the user placed (else located)
     box_nodes: dict[str, object] | None = None  # their ROI nodes
@@ -104,7 +105,7 @@ class MedNCAResult:
     segmentation: object
     labels: np.ndarray  # the segmentation as a KJI label map (the model card's label values) on ``geometry``
     geometry: VolumeGeometry  # the input volume's grid
-    quality: dict[str, float]
+    quality: dict[str, float | None]  # None for each segment after one run: no spread, no score
     uncertainty: object | None = None
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -119,7 +120,7 @@ class MedNCAResult:
         """True when any segment's quality score exceeds the model's warning threshold, which
         was chosen on its validation split (see the model card)."""
         threshold = self.quality_warning_threshold
-        return threshold is not None and any(score > threshold for score in self.quality.values())
+        return threshold is not None and any(score is not None and score > threshold for score in self.quality.values())
 
 
 class MedNCASegmentLogic(RegistryLogic):
@@ -187,6 +188,8 @@ class MedNCASegmentLogic(RegistryLogic):
         image, full_geometry = array_from_volume(inputVolume)
         notes = check_source_files([inputVolume])  # the file it was read from: damage, transforms
         entry = self.model_entry(settings.model)
+        notes += check_inputs([image], [full_geometry], [inputVolume.GetName()], entry.inputs,
+                              entry.input_requirements)  # its content: a label map, the card's requirements
         if roi is not None:
             crop, geometry = crop_to_roi(full_geometry, roi)
             return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image[crop]), geometry, full_geometry,
@@ -310,13 +313,18 @@ class MedNCASegmentLogic(RegistryLogic):
         head = computed.head
         segments = sorted(job.entry.bilateral_segments if head else job.entry.segments, key=lambda s: s.label_value)
         volumes = measure_volumes(labels, job.full_geometry, segments, len(job.entry.segments) if head else None)
+        # The last progress report is made inside the transaction: if the caller's callback raises
+        # there, the run fails with the scene as it was, never after changing it (issue 16.5).
         with SceneTransaction(self.scene, protect=protect):
             name = output.GetName() if output is not None else f"{volume.GetName()} Med-NCA"
             node = write_labels_to_segmentation(self.scene, labels, job.full_geometry, volume, segments,
                                                 output=output, name=name)
-            quality = {spec.name: float(q) for spec, q in zip(segments, computed.quality, strict=True)}
+            scored = job.settings.runs >= 2  # NQM is the runs' spread: one run has none
+            quality = {spec.name: float(q) if scored else None
+                       for spec, q in zip(segments, computed.quality, strict=True)}
             for segment_name, score in quality.items():
-                node.SetAttribute(f"{QUALITY_ATTRIBUTE}.{segment_name}", f"{score:.5f}")
+                if score is not None:
+                    node.SetAttribute(f"{QUALITY_ATTRIBUTE}.{segment_name}", f"{score:.5f}")
             node.SetAttribute("MedNCA.Model", job.entry.id)
             node.SetAttribute("MedNCA.Runs", str(job.settings.runs))
             node.SetAttribute("MedNCA.Mode", job.mode)
@@ -332,20 +340,27 @@ class MedNCASegmentLogic(RegistryLogic):
             if spread is not None:
                 uncertainty = write_scalar_volume(self.scene, spread.astype(np.float32), job.full_geometry,
                                                   f"{volume.GetName()} Med-NCA uncertainty")
+            result = MedNCAResult(node, labels, job.full_geometry, quality, uncertainty, computed.seconds,
+                                  warnings=list(job.notes),
+                                  quality_warning_threshold=job.entry.quality_warning_threshold, mode=job.mode,
+                                  volumes=volumes, boxes=boxes, localization=head.localization if head else None)
+            if head is not None:
+                for side in SIDES:
+                    if not any(volumes.segments_mm3[s.name] for s in segments if s.name.startswith(side)):
+                        result.warnings.append(f"Nothing was segmented in the {side} hippocampus box: check the box "
+                                               "(move or resize its ROI node) and segment again.")
+            if not scored:
+                result.warnings.append("One run gives no quality score (NQM needs the spread of at least 2 runs), "
+                                       "so a failed segmentation cannot be flagged; use 2 or more runs for a score.")
+            if result.likely_failure:
+                result.warnings.append(
+                    f"High quality score (NQM above {result.quality_warning_threshold}): the segmentation is likely "
+                    "wrong. Check it; crop to an ROI around the hippocampus, or raise the number of steps.")
+            empty = empty_result_warning(labels, [spec.name for spec in segments], volume.GetName())
+            if empty:
+                result.warnings.append(empty)
             cancel.raise_if_set()
-        result = MedNCAResult(node, labels, job.full_geometry, quality, uncertainty, computed.seconds, list(job.notes),
-                              quality_warning_threshold=job.entry.quality_warning_threshold, mode=job.mode,
-                              volumes=volumes, boxes=boxes, localization=head.localization if head else None)
-        if head is not None:
-            for side in SIDES:
-                if not any(volumes.segments_mm3[s.name] for s in segments if s.name.startswith(side)):
-                    result.warnings.append(f"Nothing was segmented in the {side} hippocampus box: check the box "
-                                           "(move or resize its ROI node) and segment again.")
-        if result.likely_failure:
-            result.warnings.append(
-                f"High quality score (NQM above {result.quality_warning_threshold}): the segmentation is likely wrong. "
-                "Check it; crop to an ROI around the hippocampus, or raise the number of steps.")
-        report(1.0, "Done")
+            report(1.0, "Done")
         return result
 
 

@@ -62,16 +62,14 @@ def trained_settings(config) -> dict[str, float]:
             "downscale": float(config.downscale)}
 
 
-def run_summary(result, runs: int) -> RunSummary:
-    """What the panel reports about a ``MedNCAResult`` of ``runs`` stochastic runs: time, NQM per
-    segment and the failure warning. One run has no spread, so no quality score to show."""
-    if runs < 2:
-        return RunSummary(seconds=result.seconds, warnings=(
-            "No quality score: it needs at least 2 stochastic runs.", *result.warnings),
-            output_name=_name(result.segmentation), details=tuple(volume_lines(result.volumes)))
+def run_summary(result) -> RunSummary:
+    """What the panel reports about a ``MedNCAResult``: time, NQM per segment and the logic's
+    warnings (red when it flags a likely failure). After one run the logic gives no score
+    (None per segment) and says why among its warnings, so no score line is shown."""
+    scored = all(score is not None for score in result.quality.values())
     return RunSummary(
         seconds=result.seconds,
-        quality=dict(result.quality),
+        quality=dict(result.quality) if scored else {},
         quality_name=QUALITY_NAME,
         likely_failure=result.likely_failure,
         warning_threshold=result.quality_warning_threshold,

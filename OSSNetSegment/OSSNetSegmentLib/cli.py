@@ -119,9 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # nii.gz: on the FLAIR file's own grid when the output grid is that grid
             path = batch.write_result(result, batch.output_path(args.output_dir, name, args.format), volumes[0])
             grid = " x ".join(str(n) for n in result.geometry.shape_ijk)
-            notes = "".join(f"; note: {w}" for w in result.warnings)
             return batch.BatchOutcome(name, True, f"{path} ({grid} voxels; {result.seconds:.1f} s; "
-                                            f"{result.decoded_fraction:.2%} of the voxels decoded){notes}", result.seconds)
+                                                  f"{result.decoded_fraction:.2%} of the voxels decoded)",
+                                      result.seconds, result.warnings)
         finally:
             scene.Clear(0)  # keep memory flat over long batches
 

@@ -32,6 +32,7 @@ from EfficientSegmentationCommon.errors import InputVolumeError, describe_node
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import KJISlices, crop_to_roi
 from EfficientSegmentationCommon.input_files import check_source_files
+from EfficientSegmentationCommon.input_checks import check_inputs, empty_result_warning
 from EfficientSegmentationCommon.model_choice import RegistryLogic
 from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
@@ -41,6 +42,7 @@ from EfficientSegmentationCommon.settings import settings_from_keywords
 from EfficientSegmentationCommon.torch_setup import check_device
 from EfficientSegmentationCommon.volume_arrays import array_from_volume
 
+from .input_names import is_input
 from .resolution import OutputGridPlan, plan_output_grid
 from .settings import OSSNetSettings
 
@@ -149,8 +151,13 @@ class OSSNetSegmentLogic(RegistryLogic):
         volumes = [inputVolumes] if not isinstance(inputVolumes, (list, tuple)) else list(inputVolumes)
         self._check_count(volumes, entry)
         arrays = [array_from_volume(volume) for volume in volumes]  # checks each: 3D, scalar, finite
+        notes = check_source_files(volumes)  # damaged files, transforms, one file twice
+        # content: no label map or constant volume, the card's requirements, FLAIR and T1c in order
+        notes += check_inputs([image for image, _ in arrays], [geometry for _, geometry in arrays],
+                              [volume.GetName() for volume in volumes], entry.inputs, entry.input_requirements,
+                              named_as=is_input)
         reference_image, reference = arrays[0]
-        images, notes = [reference_image], check_source_files(volumes)  # damaged files, transforms, one file twice
+        images = [reference_image]
         for volume, (image, geometry), name in zip(volumes[1:], arrays[1:], entry.inputs[1:], strict=True):
             if not geometry.matches(reference, atol=1e-4):
                 if _overlap(reference, geometry) < MIN_OVERLAP:
@@ -219,6 +226,8 @@ class OSSNetSegmentLogic(RegistryLogic):
         report(0.0, "Writing segmentation")
         reference = job.input_volumes[0]
         output = job.output_segmentation
+        # The last progress report is made inside the transaction: if the caller's callback raises
+        # there, the run fails with the scene as it was, never after changing it (issue 16.5).
         with SceneTransaction(self.scene, protect=[output] if output is not None else []):
             name = output.GetName() if output is not None else f"{reference.GetName()} OSS-Net"
             node = write_labels_to_segmentation(self.scene, computed.labels, computed.geometry, reference,
@@ -228,7 +237,12 @@ class OSSNetSegmentLogic(RegistryLogic):
                                ("DecodedPoints", str(computed.decoded_points)),
                                ("Seconds", f"{computed.seconds:.2f}"), ("OutputSpacing", spacing)):
                 node.SetAttribute(ATTRIBUTE_PREFIX + key, value)
+            warnings = list(job.notes)
+            empty = empty_result_warning(computed.labels, [spec.name for spec in job.entry.segments],
+                                         reference.GetName())
+            if empty:
+                warnings.append(empty)
             cancel.raise_if_set()
-        report(1.0, "Done")
+            report(1.0, "Done")
         return OSSNetResult(node, computed.geometry, computed.labels, computed.decoded_fraction,
-                            computed.decoded_points, computed.seconds, list(job.notes))
+                            computed.decoded_points, computed.seconds, warnings)

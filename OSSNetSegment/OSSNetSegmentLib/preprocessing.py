@@ -25,24 +25,44 @@ import torch.nn.functional as F
 BACKGROUND = -5.0
 # Normalised intensities are clipped to this range (contrast-enhancing tumour reaches about +9).
 CLIP = (BACKGROUND, 10.0)
+# The background value of a skull-stripped scan: this percentile of its intensities (%).
+BACKGROUND_PERCENTILE = 0.1
+# Brain intensities are winsorised at these percentiles (%) before their mean and SD are taken.
+STATISTICS_PERCENTILES = (0.1, 99.9)
 
 
 def normalize_channel(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Z-score one image inside ``mask`` (default: voxels brighter than the image minimum, i.e.
-    the head of a skull-stripped scan whose background is constant), clip, and set the rest to
-    ``BACKGROUND``. Returns float32 of the same shape."""
+    """Z-score one image inside ``mask``, clip, and set the rest to ``BACKGROUND``. Returns
+    float32 of the same shape.
+
+    The default mask is the head of a skull-stripped scan whose background is constant: every
+    voxel brighter than the background value, the image's ``BACKGROUND_PERCENTILE`` (the
+    minimum itself whenever the background fills more than that share, as in BraTS; unlike the
+    plain minimum it is not moved by a few stray voxels darker than the background). The mean
+    and SD are those of the brain's intensities winsorised at ``STATISTICS_PERCENTILES``, so a
+    few extreme voxels cannot shift or stretch the scale (issue 16.3: one FLAIR voxel of 1e4,
+    where the brain's SD is about 1.4, used to empty the result).
+    """
     image = np.asarray(image, dtype=np.float32)
     if mask is None:
-        mask = image > image.min()
+        mask = image > _lower_quantile(image, BACKGROUND_PERCENTILE / 100)
     mask = np.asarray(mask, dtype=bool)
     if mask.sum() < 100:  # (nearly) constant image: nothing to call background
         mask = np.ones(image.shape, dtype=bool)
     values = image[mask].astype(np.float64)
+    low, high = np.percentile(values, STATISTICS_PERCENTILES)
+    np.clip(values, low, high, out=values)
     mean, std = float(values.mean()), float(values.std())
     out = (image - np.float32(mean)) / np.float32(max(std, 1e-6))
     np.clip(out, CLIP[0], CLIP[1], out=out)
     out[~mask] = BACKGROUND
     return out
+
+
+def _lower_quantile(image: np.ndarray, fraction: float) -> float:
+    """The value of the voxel at ``fraction`` of the sorted intensities (no interpolation)."""
+    flat = image.reshape(-1)
+    return float(np.partition(flat, int(fraction * (flat.size - 1)))[int(fraction * (flat.size - 1))])
 
 
 def normalize_images(images: Sequence[np.ndarray]) -> np.ndarray:

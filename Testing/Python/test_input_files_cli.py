@@ -104,8 +104,15 @@ def mednca_run(mednca_batch):
 
 
 def outcome_line(stdout: str, name: str) -> str:
-    (line,) = [line for line in stdout.splitlines() if re.match(rf"(ok    |FAILED) {re.escape(name)}:", line)]
-    return line
+    """The input's outcome line with the warning lines printed under it."""
+    lines = stdout.splitlines()
+    (index,) = [i for i, line in enumerate(lines) if re.match(rf"(ok    |FAILED) {re.escape(name)}:", line)]
+    report = [lines[index]]
+    for line in lines[index + 1:]:
+        if not line.lstrip().startswith("warning: "):
+            break
+        report.append(line)
+    return "\n".join(report)
 
 
 def test_same_file_names_in_different_folders_get_distinct_outputs_and_true_counts(mednca_run):

@@ -290,7 +290,7 @@ def result(quality, threshold, warnings=()):
 
 
 def test_run_summary_of_a_good_result():
-    summary = run_summary(result({"anterior hippocampus": 0.01, "posterior hippocampus": 0.02}, 0.1), runs=10)
+    summary = run_summary(result({"anterior hippocampus": 0.01, "posterior hippocampus": 0.02}, 0.1))
     assert summary.quality_name == "quality score (NQM)" and summary.warning_threshold == 0.1
     assert not summary.likely_failure and summary.output_name == "hippocampus_001 Med-NCA"
     panel = SegmentPanel()
@@ -303,7 +303,7 @@ def test_run_summary_warns_in_red_when_the_logic_flags_a_likely_failure():
     bad = result({"anterior hippocampus": 0.5, "posterior hippocampus": 0.02}, 0.1,
                  ["High quality score (NQM above 0.1): the segmentation is likely wrong."])
     assert bad.likely_failure
-    summary = run_summary(bad, runs=10)
+    summary = run_summary(bad)
     assert summary.likely_failure
     panel = SegmentPanel()
     panel.start()
@@ -313,8 +313,13 @@ def test_run_summary_warns_in_red_when_the_logic_flags_a_likely_failure():
 
 
 def test_one_run_has_no_quality_score():
-    summary = run_summary(result({"anterior hippocampus": 0.0, "posterior hippocampus": 0.0}, 0.1), runs=1)
-    assert summary.quality == {} and "at least 2 stochastic runs" in summary.warnings[0]
+    one_run = "One run gives no quality score (NQM needs the spread of at least 2 runs)"
+    summary = run_summary(result({"anterior hippocampus": None, "posterior hippocampus": None}, 0.1, [one_run]))
+    assert summary.quality == {} and not summary.likely_failure
+    panel = SegmentPanel()
+    panel.start()
+    panel.finished(summary)
+    assert one_run in panel.view().result_text and "NQM)" not in panel.view().result_text.splitlines()[0]
 
 
 # -- getting torch through Slicer's PyTorch extension ---------------------------------------

@@ -31,7 +31,7 @@ from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.panel_state import FINISH, RunSummary, SegmentPanel
 from EfficientSegmentationCommon.progress import SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
-from EfficientSegmentationCommon.scene import load_volume, name_from_path
+from EfficientSegmentationCommon.scene import load_volume, name_from_path, remove_node
 from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels
 from EfficientSegmentationCommon.volume_arrays import check_scalar_volume
 from MedNCASegmentLib import panel as mednca_panel
@@ -210,7 +210,7 @@ class SegmentationSession:
         self.result, self.result_entry = result, entry
         self.reference_volume = job.input_volume if entry.method == "mednca" else job.input_volumes[0]
         if entry.method == "mednca":
-            summary = mednca_panel.run_summary(result, settings.runs)
+            summary = mednca_panel.run_summary(result)
         else:
             summary = ossnet_panel.run_summary(result)
         self.result_summary = summary
@@ -248,23 +248,8 @@ class SegmentationSession:
 
     def _remove_result(self) -> None:
         if self.result is not None:
-            self._remove_node(self.result.segmentation)
+            remove_node(self.scene, self.result.segmentation)
         self.result, self.result_entry, self.result_summary, self.result_rows = None, None, None, []
-
-    def _remove_node(self, node) -> None:
-        """Remove a node with its display and storage nodes and its subject hierarchy item."""
-        if node is None or not self.scene.IsNodePresent(node):
-            return
-        hierarchy = self.scene.GetSubjectHierarchyNode()
-        item = hierarchy.GetItemByDataNode(node)
-        if item:
-            hierarchy.RemoveItem(item, False, False)
-        helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-        helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
-        self.scene.RemoveNode(node)
-        for helper in helpers:
-            if helper is not None and self.scene.IsNodePresent(helper):
-                self.scene.RemoveNode(helper)
 
     def reset(self) -> None:
         """Forget everything: stop a run (its result is never written), remove this session's
@@ -275,7 +260,7 @@ class SegmentationSession:
         self._prepared = None
         self._remove_result()
         for node in self.volumes.values():
-            self._remove_node(node)
+            remove_node(self.scene, node)
         self.volumes.clear()
         self.reference_volume = None
         for panel in self.panels.values():

@@ -43,6 +43,8 @@ def start_command(arguments, logic_class: type, settings_class: type) -> Command
         torch.set_num_threads(arguments.threads)
     scene = create_scene()
     logic = logic_class(scene)
+    for warning in logic.registry.warnings:  # a broken user registry: its models are skipped
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     settings = settings_from_arguments(settings_class, arguments)
     if hasattr(settings, "device"):  # once, before any input (ValueError saying what is available)
         settings = dataclasses.replace(settings, device=check_device(settings.device))
@@ -157,6 +159,7 @@ class BatchOutcome:
     ok: bool
     detail: str
     seconds: float = 0.0
+    warnings: Sequence[str] = ()  # the result's warnings, printed under its line
 
 
 def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], names: dict[str, str] | None = None) -> int:
@@ -175,6 +178,8 @@ def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], name
             outcome = BatchOutcome((names or {}).get(item, os.path.basename(item)), False, detail)
         outcomes.append(outcome)
         print(f"{'ok    ' if outcome.ok else 'FAILED'} {outcome.name}: {outcome.detail}", flush=True)
+        for warning in outcome.warnings:
+            print(f"       warning: {warning}", flush=True)
     succeeded = [o for o in outcomes if o.ok]
     mean_seconds = sum(o.seconds for o in succeeded) / len(succeeded) if succeeded else 0.0
     print(f"summary: {len(succeeded)} of {len(outcomes)} segmented, {len(outcomes) - len(succeeded)} failed; "

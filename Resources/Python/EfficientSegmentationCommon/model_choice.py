@@ -63,9 +63,23 @@ class RegistryLogic:
         return entry
 
     def load(self, entry: ModelEntry, device: str = "cpu") -> object:
-        """The torch model of ``entry`` on ``device``: loaded on first use, then cached."""
+        """The torch model of ``entry`` on ``device``: loaded on first use, then cached.
+
+        Raises ModelError naming the weights file when it cannot be loaded (empty, damaged, or
+        not a model of this method), whatever the loader raised."""
         key = (str(entry.path), device)
         with self._lock:
             if key not in self._loaded:
-                self._loaded[key] = self._load_network(entry.path, device)
+                try:
+                    self._loaded[key] = self._load_network(entry.path, device)
+                except Exception as error:  # torch raises many kinds for a bad file
+                    raise ModelError(self._load_failure(entry.path, error)) from error
             return self._loaded[key]
+
+    def _load_failure(self, path: Path, error: Exception) -> str:
+        """The message for a weights file that could not be loaded."""
+        if path.is_file() and path.stat().st_size == 0:
+            return f"Model file {path} cannot be loaded: it is empty. Copy the model file again."
+        detail = str(error).strip() or type(error).__name__
+        return (f"Model file {path} cannot be loaded: it is not a {self.METHOD_TITLE} model file, or it is damaged "
+                f"({detail}). Use a model file written by the {self.METHOD_TITLE} training.")

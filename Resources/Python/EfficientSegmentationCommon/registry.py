@@ -6,24 +6,32 @@ terminology, version, license, training data, validation metrics). Users add mod
 own in a ``Models.json`` of the same form in the folder named by ``EFFSEG_USER_MODELS`` (default
 ``~/.EfficientSegmentation``), or simply pass a model file.
 
+Every entry and card is checked against the schema when it is read (``model_cards``). A fault in
+the shipped registry is ours and raises ``ModelError``; a fault in the user's registry (the
+whole file, or one entry) must not stop the shipped models: the bad part is skipped and a
+warning naming the file and the field is kept in ``ModelRegistry.warnings``, which the commands
+print and the panels log.
+
 Weights are looked up relative to the extension's root: ``<root>/<module>/Resources/<file>`` in
 a source checkout, ``<root>/Resources/<file>`` where Slicer installed the modules side by side.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ModelError
+from .model_cards import CARD_KEYS, check_entry, read_json
 from .segmentation_output import SegmentSpec
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Installed: <qt-scripted-modules>/EfficientSegmentationCommon; source: <repo>/Resources/Python/...
 SEARCH_ROOTS = (PACKAGE_DIR.parent, PACKAGE_DIR.parents[2])
+SCHEMA_NAME = "Models.schema.json"
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class ModelEntry:
     # A model of one of a pair of structures (one hippocampus) used on both sides at once: its
     # labels 1..K on the left, K+1..2K on the right, with names, colours and terminology.
     bilateral_segments: tuple[SegmentSpec, ...] = ()
+    # What the model card requires of every input (``input_checks.REQUIREMENTS``), checked per run.
+    input_requirements: tuple[str, ...] = ()
 
 
 def _segments(values: Sequence[dict]) -> tuple[SegmentSpec, ...]:
@@ -76,29 +86,63 @@ def _entry(values: dict, base: Path) -> ModelEntry:
         license=values.get("license", ""), training_data=values.get("trainingData", ""),
         metrics=values.get("metrics", {}), description=values.get("description", ""),
         quality_warning_threshold=values.get("qualityWarningThreshold"),
-        bilateral_segments=_segments(values.get("bilateralSegments", ())))
+        bilateral_segments=_segments(values.get("bilateralSegments", ())),
+        input_requirements=tuple(values.get("inputRequirements", ())))
+
+
+def schema_path() -> Path:
+    """``Resources/Models.schema.json`` of this installation (beside the shipped registry)."""
+    for root in SEARCH_ROOTS:
+        if (root / "Resources" / SCHEMA_NAME).exists():
+            return root / "Resources" / SCHEMA_NAME
+    raise ModelError(f"The extension's Resources/{SCHEMA_NAME} was not found; the installation is incomplete.")
 
 
 class ModelRegistry:
     """The models from one or more ``Models.json`` files; later files may add models, not replace ids."""
 
-    def __init__(self, entries: Sequence[ModelEntry]) -> None:
+    def __init__(self, entries: Sequence[ModelEntry], warnings: Sequence[str] = ()) -> None:
         self.entries = list(entries)
+        self.warnings = list(warnings)  # user registry parts that were skipped, and why
 
     @classmethod
-    def from_files(cls, paths: Sequence[Path]) -> "ModelRegistry":
-        entries: list[ModelEntry] = []
+    def from_files(cls, paths: Sequence[Path], user_paths: Sequence[Path] = ()) -> "ModelRegistry":
+        """The models of the registry files ``paths`` (a fault raises ``ModelError``) and of the
+        user's ``user_paths`` (a faulty file or entry is skipped with a warning)."""
+        registry = cls([])
         for path in paths:
+            registry._add_file(Path(path), strict=True)
+        for path in user_paths:
+            registry._add_file(Path(path), strict=False)
+        return registry
+
+    def _add_file(self, path: Path, strict: bool) -> None:
+        schema = schema_path()
+        try:
+            document = read_json(path, "model registry")
+            if not isinstance(document, dict) or not isinstance(document.get("models"), list):
+                raise ModelError(f"The model registry {path} is malformed: models: missing (it must be a JSON "
+                                 'object with a list "models").')
+        except ModelError as error:
+            if strict:
+                raise
+            self.warnings.append(f"{error} Its models are skipped; the shipped models are still available.")
+            return
+        for index, values in enumerate(document["models"]):
+            label = f"Model '{values['id']}'" if isinstance(values, dict) and isinstance(values.get("id"), str) \
+                else f"Model entry {index + 1}"
             try:
-                document = json.loads(Path(path).read_text())
-            except (OSError, json.JSONDecodeError) as error:
-                raise ValueError(f"Model registry {path} cannot be read: {error}") from error
-            for values in document.get("models", []):
-                entry = _entry(values, Path(path).parent)
-                if any(existing.id == entry.id for existing in entries):
-                    raise ValueError(f"Model registry {path} repeats the model id '{entry.id}'.")
-                entries.append(entry)
-        return cls(entries)
+                check_entry(values, path, schema, label)
+                entry = _entry(values, path.parent)
+                if any(existing.id == entry.id for existing in self.entries):
+                    raise ModelError(f"{label} in {path} repeats the id of a model already registered; "
+                                     "give it another id.")
+            except ModelError as error:
+                if strict:
+                    raise
+                self.warnings.append(f"{error} It is skipped.")
+                continue
+            self.entries.append(entry)
 
     @classmethod
     def default(cls) -> "ModelRegistry":
@@ -108,7 +152,7 @@ class ModelRegistry:
         if shipped is None:
             raise FileNotFoundError("The extension's Resources/Models.json was not found; the installation is incomplete.")
         user = Path(os.environ.get("EFFSEG_USER_MODELS", Path.home() / ".EfficientSegmentation")) / "Models.json"
-        return cls.from_files([shipped, user] if user.exists() else [shipped])
+        return cls.from_files([shipped], [user] if user.exists() else [])
 
     def get(self, model_id: str) -> ModelEntry:
         for entry in self.entries:
@@ -127,11 +171,20 @@ class ModelRegistry:
             if entry.path.resolve() == path:
                 return entry
         card_path = path.with_suffix(".json")
-        card = json.loads(card_path.read_text()) if card_path.exists() else {}
-        if "segments" not in card:
+        if not card_path.exists():
             raise ModelError(f"Model file {path} has no registry entry and no model card ({card_path.name}) "
-                                   "naming its segments; add it to your Models.json.")
-        return _entry({"id": path.stem, "title": path.stem, "method": method, "task": card.get("task", ""),
-                       "inputs": card.get("inputs", []), "segments": card["segments"], "file": str(path),
-                       "spacing": card.get("spacing", (1.0, 1.0, 1.0)),
-                       "qualityWarningThreshold": card.get("quality_warning_threshold")}, path.parent)
+                             "naming its segments; add it to your Models.json or put its card beside it.")
+        card = read_json(card_path, "model card")
+        if not isinstance(card, dict):
+            raise ModelError(f"The model card {card_path} is malformed: it must be a JSON object.")
+        model_id = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-._") or "model"
+        values = {"id": model_id, "title": path.stem, "method": method, "task": card.get("task", ""),
+                  "inputs": card.get("inputs", []), "segments": card.get("segments"), "file": str(path)}
+        for key, card_key in (("spacing", "spacing"), ("qualityWarningThreshold", "quality_warning_threshold"),
+                              ("inputRequirements", "inputRequirements")):
+            if card.get(card_key) is not None:
+                values[key] = card[card_key]
+        if values["segments"] is None:
+            del values["segments"]
+        check_entry(values, card_path, schema_path(), "The model card", key_names=CARD_KEYS)
+        return _entry(values, path.parent)

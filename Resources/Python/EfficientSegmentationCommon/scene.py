@@ -74,6 +74,54 @@ def _logics_for(scene) -> _HeadlessLogics:
     return logics
 
 
+def remove_node(scene, node) -> None:
+    """Remove a result (segmentation or volume node) from ``scene`` with everything that belongs
+    to it: its subject hierarchy item, display nodes and storage node.
+
+    On a headless scene ``scene.RemoveNode`` alone leaves the display and storage nodes and the
+    subject hierarchy item behind, which a long batch (or the web app's sessions) would pile up.
+    Removing a node that is not in the scene does nothing."""
+    if node is None or not scene.IsNodePresent(node):
+        return
+    hierarchy = scene.GetSubjectHierarchyNode()
+    item = hierarchy.GetItemByDataNode(node)
+    if item:
+        hierarchy.RemoveItem(item, False, False)
+    attached = []
+    if node.IsA("vtkMRMLDisplayableNode"):
+        attached += [node.GetNthDisplayNode(index) for index in range(node.GetNumberOfDisplayNodes())]
+    if node.IsA("vtkMRMLStorableNode"):
+        attached += [node.GetNthStorageNode(index) for index in range(node.GetNumberOfStorageNodes())]
+    scene.RemoveNode(node)
+    for other in attached:
+        if other is not None and scene.IsNodePresent(other):
+            scene.RemoveNode(other)
+
+
+def forget_removed_nodes(scene) -> int:
+    """Remove the subject hierarchy items whose data node has left ``scene``; returns how many.
+
+    In the application the subject hierarchy plugins remove a node's item with the node; on a
+    headless scene a plain ``scene.RemoveNode`` leaves it behind, and a later node created at
+    the freed node's address made the hierarchy log "DataNodeCache inconsistency" (issue
+    16.7). Called before a result is placed in the hierarchy."""
+    import vtk
+
+    hierarchy = scene.GetSubjectHierarchyNode()
+    items = vtk.vtkIdList()
+    hierarchy.GetItemChildren(hierarchy.GetSceneItemID(), items, True)
+    stale = []
+    for index in range(items.GetNumberOfIds()):
+        item = items.GetId(index)
+        node = hierarchy.GetItemDataNode(item)
+        # items of folders, patients and studies have a level and never a data node
+        if not hierarchy.GetItemLevel(item) and (node is None or not scene.IsNodePresent(node)):
+            stale.append(item)
+    for item in stale:
+        hierarchy.RemoveItem(item, False, False)
+    return len(stale)
+
+
 def segmentations_logic(scene):
     """The ``vtkSlicerSegmentationsModuleLogic`` that works on ``scene``."""
     if scene is _application_scene():

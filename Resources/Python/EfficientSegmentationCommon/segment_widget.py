@@ -208,6 +208,8 @@ class SegmentWidgetMixin:
     def _fillModelComboBox(self) -> None:
         try:
             self._modelItems = model_items(self.logic.models())
+            for warning in self.logic.implementation.registry.warnings:  # skipped parts of the user's registry
+                logging.warning(warning)
             self._modelListProblem = "" if self._modelItems else _("No {method} model is registered.").format(
                 method=self.METHOD_TITLE)
         except Exception as error:  # unreadable registry: say so in the panel

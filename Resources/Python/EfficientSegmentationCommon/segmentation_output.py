@@ -17,7 +17,7 @@ import slicer
 from vtkmodules.vtkCommonCore import vtkStringArray
 
 from .geometry import VolumeGeometry
-from .scene import segmentations_logic
+from .scene import forget_removed_nodes, segmentations_logic
 from .volume_arrays import update_volume_from_array, voxel_view
 
 
@@ -176,6 +176,7 @@ def _to_consecutive_labels(labels: np.ndarray, segments: Sequence[SegmentSpec]) 
 
 def _place_beside(scene, node, reference_node) -> None:
     """Give ``node`` the same subject hierarchy parent as ``reference_node`` (scene if none)."""
+    forget_removed_nodes(scene)
     hierarchy = scene.GetSubjectHierarchyNode()
     reference_item = hierarchy.GetItemByDataNode(reference_node)
     parent = hierarchy.GetItemParent(reference_item) if reference_item else hierarchy.GetSceneItemID()

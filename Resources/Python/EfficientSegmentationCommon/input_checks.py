@@ -1,0 +1,316 @@
+"""Is this input what the model card asks for? Content checks shared by both modules' logics.
+
+The file-level checks (readable, 3D, one component, finite: ``volume_arrays``) say whether a
+volume can be read; these say whether its *content* fits the model, so that a wrong input gets
+a message instead of a confident wrong result "ok" (issues 11.7-11.9, 16.3):
+
+- ``check_image_content``: refuses a constant volume and a label map or mask given as an image
+  (few distinct integer values), for every model.
+- ``brain_requirement_warnings``: the requirements a card states for brain MRI
+  (``"skull-stripped"``, ``"whole-brain"``): a constant background, no scalp or skull left,
+  a brain-sized foreground, the whole brain in view.
+- ``modality_order_problems``: FLAIR and contrast T1 in the order the card lists them, judged
+  from the volumes' names and from two contrasts that differ between the two sequences.
+- ``empty_result_warning``: a result with no voxel in any segment is said so, not reported "ok".
+
+Refusals raise ``InputVolumeError`` (the logic's ``prepare`` calls these before touching the
+scene, so the scene stays as it was); warnings are sentences for ``result.warnings``, which the
+panel and both commands show. Every message names the input and says what to do. Arrays are
+numpy in Slicer's KJI order; statistics are taken on a strided copy of at most about
+``MAX_STATISTICS_VOXELS`` voxels, so a check costs well under a second on a 240x240x155 scan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputVolumeError
+from .geometry import VolumeGeometry
+
+# A volume with at most this many distinct values, all integers, is a label map or a mask. Real
+# scans have far more: the fewest among the 208 MSD hippocampus crops (8-bit, 1 mm) is 109.
+LABEL_MAP_MAX_VALUES = 16
+# A volume of integers with more labels (a parcellation) is told from an 8-bit scan by its uniform
+# regions: the share of neighbouring voxel pairs (outside the background) with equal values.
+# Scans: at most 0.11 (208 MSD crops, 10 BraTS images, the MNI152 T1 template, 8-bit); label
+# maps and masks: at least 0.72 (208 MSD label maps, 5 BraTS label maps and brain masks).
+LABEL_MAP_UNIFORM_SHARE = 0.5
+LABEL_MAP_MAX_LABELS = 4096
+# Below this many voxels a scan may hold few values too (a 2 x 2 x 2 crop): no label-map verdict.
+LABEL_MAP_MIN_VOXELS = 1000
+# Statistics are taken on every n-th voxel along each axis, n chosen to keep about this many.
+MAX_STATISTICS_VOXELS = 2_000_000
+# Background of a skull-stripped scan: voxels at or below this percentile of the intensities
+# (the minimum whenever the background fills more than this share), as OSS-Net's normalisation.
+BACKGROUND_PERCENTILE = 0.1
+# A skull-stripped scan: at least this share of the voxels hold the one background value
+# (BraTS: 81-88 %; a scan with its noisy air background: about 0.1 %, the percentile itself).
+MIN_BACKGROUND_SHARE = 0.05
+# Foreground volume (mL) of a whole, skull-stripped adult brain: BraTS cases (with tumour)
+# 1084-1690 mL, the MNI152 2009a template's brain (enlarged by the normalisation) 1887 mL.
+BRAIN_VOLUME_ML = (500.0, 2200.0)
+# The outer layer of a skull-stripped brain is cortex and CSF, darker than the brain's median
+# (BraTS: -1.2 to -2.8 robust SDs); scalp fat is brighter. Above this (robust SDs): scalp left.
+MAX_RIM_CONTRAST = 0.5
+RIM_MM = 3.0
+# A whole brain in view does not reach the volume's faces (BraTS: 0 %); above this share of a
+# face's voxels the brain is cut off there.
+MAX_FACE_SHARE = 0.02
+# Percentiles (%) of the brain's intensities whose distance, in robust SDs, is its tail width.
+TAIL_PERCENTILES = (5.0, 95.0)
+
+# Requirements a model card may state in ``inputRequirements``.
+SKULL_STRIPPED = "skull-stripped"
+WHOLE_BRAIN = "whole-brain"
+REQUIREMENTS = (SKULL_STRIPPED, WHOLE_BRAIN)
+
+
+def describe_input(input_name: str | None, volume_name: str) -> str:
+    """How messages name an input: "The FLAIR volume 'x'" or "Input volume 'x'"."""
+    return f"The {input_name} volume '{volume_name}'" if input_name else f"Input volume '{volume_name}'"
+
+
+def _strided(image: np.ndarray, spacing_kji: Sequence[float]) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Every n-th voxel along each axis (n so that at most ~MAX_STATISTICS_VOXELS remain), and
+    the spacing (mm, KJI) of that coarser grid."""
+    step = max(1, math.ceil((image.size / MAX_STATISTICS_VOXELS) ** (1 / 3)))
+    return image[::step, ::step, ::step], tuple(float(s) * step for s in spacing_kji)
+
+
+def _background_value(image: np.ndarray) -> float:
+    """The intensity at ``BACKGROUND_PERCENTILE`` (the lowest values, without interpolation)."""
+    flat = image.reshape(-1)
+    index = int(BACKGROUND_PERCENTILE / 100 * (flat.size - 1))
+    return float(np.partition(flat, index)[index])
+
+
+def label_values(image: np.ndarray) -> np.ndarray | None:
+    """The distinct values of ``image`` if it looks like a label map or mask, else None: at
+    least ``LABEL_MAP_MIN_VOXELS`` voxels, all integers, and either at most ``LABEL_MAP_MAX_VALUES`` of them or (up to
+    ``LABEL_MAP_MAX_LABELS``) in uniform regions (``uniform_share`` at least
+    ``LABEL_MAP_UNIFORM_SHARE``). A strided sample is looked at first, so a real image is
+    recognised without sorting all its voxels."""
+    if image.size < LABEL_MAP_MIN_VOXELS:
+        return None
+    sample = image.reshape(-1)[:: max(1, image.size // 100_000)]
+    if not np.all(sample == np.round(sample)) or len(np.unique(sample)) > LABEL_MAP_MAX_LABELS:
+        return None
+    values = np.unique(image)
+    if len(values) > LABEL_MAP_MAX_LABELS or not np.all(values == np.round(values)):
+        return None
+    if len(values) <= LABEL_MAP_MAX_VALUES or uniform_share(image) >= LABEL_MAP_UNIFORM_SHARE:
+        return values
+    return None
+
+
+def uniform_share(image: np.ndarray) -> float:
+    """Share of neighbouring voxel pairs (along each axis, not both background = the minimum)
+    whose values are equal: high in label maps, low in images, where noise varies every voxel."""
+    background = image.min()
+    equal = total = 0
+    for axis in range(image.ndim):
+        if image.shape[axis] < 2:
+            continue
+        moved = np.moveaxis(image, axis, 0)
+        a, b = moved[1:], moved[:-1]
+        counted = (a != background) | (b != background)
+        total += int(counted.sum())
+        equal += int(((a == b) & counted).sum())
+    return equal / total if total else 1.0
+
+
+def check_image_content(image: np.ndarray, description: str, expected: str = "the scan") -> None:
+    """Raise ``InputVolumeError`` if ``image`` (any shape) is constant or a label map/mask.
+
+    ``description`` names the input ("The FLAIR volume 'x'"); ``expected`` says what it should
+    be (e.g. "a FLAIR MRI"). Both leave nothing to segment, and a label map given as an image
+    used to give a wrong segmentation reported as fine (issue 11.8).
+    """
+    low, high = float(np.min(image)), float(np.max(image))
+    if low == high:
+        raise InputVolumeError(f"{description} is constant (every voxel is {low:g}): there is nothing to "
+                               f"segment. Check that the right file was loaded; it should be {expected}.")
+    values = label_values(image)
+    if values is not None:
+        shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        kind = "a mask" if len(values) == 2 else "a label map"
+        held = (f"only {len(values)} distinct integer values ({shown})" if len(values) <= LABEL_MAP_MAX_VALUES else
+                f"{len(values)} integer values ({shown}) in uniform regions, as label maps do")
+        raise InputVolumeError(f"{description} looks like {kind}, not an image: it holds {held}. Select {expected} "
+                               "itself; label maps and masks are results, not inputs.")
+
+
+@dataclass(frozen=True)
+class BrainFeatures:
+    """What the brain checks measure on one image (see the module's constants for the ranges)."""
+
+    background_share: float  # share of voxels holding the background value
+    foreground_ml: float  # volume of the voxels brighter than the background (mL)
+    rim_contrast: float  # median of the outer RIM_MM of the foreground minus its median, robust SDs
+    face_share: float  # largest share of foreground voxels on any of the volume's six faces
+    tail_width: float  # distance of the foreground's TAIL_PERCENTILES in robust SDs (1.4826 MAD)
+
+
+def brain_features(image: np.ndarray, geometry: VolumeGeometry) -> BrainFeatures:
+    """Measure ``image`` (KJI, on ``geometry``) as a brain MRI; see ``BrainFeatures``."""
+    from scipy.ndimage import distance_transform_edt
+
+    spacing_kji = tuple(float(s) for s in reversed(tuple(geometry.spacing)))
+    sample, spacing = _strided(np.asarray(image, dtype=np.float32), spacing_kji)
+    background = _background_value(sample)
+    foreground = sample > background
+    count = int(foreground.sum())
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    faces = [foreground.take(index, axis=axis) for axis in range(3) for index in (0, -1)]
+    face_share = max(float(face.mean()) for face in faces)
+    if count < 100:
+        return BrainFeatures(1.0 - count / sample.size, count * voxel_ml, 0.0, face_share, 0.0)
+    values = sample[foreground]
+    median = float(np.median(values))
+    spread = 1.4826 * float(np.median(np.abs(values - median))) or float(values.std()) or 1.0
+    rim = sample[foreground & (distance_transform_edt(foreground, sampling=spacing) <= RIM_MM)]
+    low, high = np.percentile(values, TAIL_PERCENTILES)
+    return BrainFeatures(
+        background_share=1.0 - count / sample.size,
+        foreground_ml=count * voxel_ml,
+        rim_contrast=(float(np.median(rim)) - median) / spread,
+        face_share=face_share,
+        tail_width=float(high - low) / spread,
+    )
+
+
+def brain_requirement_warnings(features: BrainFeatures, description: str, requirements: Sequence[str]) -> list[str]:
+    """Sentences naming each of the card's ``requirements`` (``REQUIREMENTS``) that an image
+    with ``features`` fails, and what to do. Empty when it meets them all."""
+    warnings = []
+    strip = ("Strip the skull first (e.g. with SynthStrip, HD-BET or Slicer's Swiss Skull Stripper), "
+             "as the model card requires.")
+    if SKULL_STRIPPED in requirements:
+        if features.background_share < MIN_BACKGROUND_SHARE:
+            warnings.append(f"{description} has no constant background (only {features.background_share:.1%} of its "
+                            "voxels share the lowest value): it does not look skull-stripped, and the model would "
+                            f"read the whole head as brain. {strip}")
+            return warnings  # without a background the other measures mean nothing
+        if features.rim_contrast > MAX_RIM_CONTRAST:
+            warnings.append(f"{description} has a bright outer layer ({features.rim_contrast:+.1f} SD against the "
+                            "brain's median; the surface of a skull-stripped brain is darker): scalp or skull seem "
+                            f"to remain. {strip}")
+        if features.foreground_ml > BRAIN_VOLUME_ML[1]:
+            warnings.append(f"{description} holds {features.foreground_ml / 1000:.1f} L of tissue, more than a brain "
+                            f"(up to about {BRAIN_VOLUME_ML[1] / 1000:.1f} L): it does not look skull-stripped. {strip}")
+    if WHOLE_BRAIN in requirements:
+        if features.face_share > MAX_FACE_SHARE:
+            warnings.append(f"{description} reaches the edge of the volume ({features.face_share:.0%} of one face is "
+                            "tissue): the brain seems cut off, but the model needs the whole brain in view. Use a "
+                            "scan that covers the whole brain (use an ROI to segment only part of it).")
+        elif features.foreground_ml < BRAIN_VOLUME_ML[0]:
+            warnings.append(f"{description} holds only {features.foreground_ml:.0f} mL of tissue, less than a whole "
+                            f"brain (at least about {BRAIN_VOLUME_ML[0]:.0f} mL): the model needs the whole brain in "
+                            "view. Use a scan that covers the whole brain (use an ROI to segment only part of it).")
+    return warnings
+
+
+def modality_order_problems(features: Sequence[BrainFeatures], input_names: Sequence[str],
+                            volume_names: Sequence[str], named_as: Callable[[str, str], bool]) -> tuple[list[str], str | None]:
+    """Check that a FLAIR and a contrast T1 were given in the card's order: (warnings, error).
+
+    ``features`` are the inputs' ``brain_features``, in the order given for ``input_names``
+    (e.g. ``["FLAIR", "T1c"]``); ``named_as(volume_name, input_name)`` says whether a volume's
+    name marks it as that input. Two kinds of evidence:
+
+    - names: each volume is named as the other input;
+    - contrast: a FLAIR's brain intensities have a narrow body (grey and white matter nearly
+      alike) and long tails (CSF nulled, lesions bright), a T1's a broad body (white matter
+      brighter than grey) and short tails; so the FLAIR's tail width (5th to 95th percentile in
+      robust SDs) is the larger. BraTS, all five cases: FLAIR 5.9-8.7, T1c 4.0-4.8, the FLAIR's
+      larger by 1.7 to 4.0 in each case, so all ten orders (each case both ways round) are
+      judged right.
+
+    An error (refuse) when both kinds say swapped; a warning when one does (the contrast only
+    when the names do not confirm the order). Models whose inputs are not a FLAIR and a T1 are
+    not checked.
+    """
+    names = [name.lower() for name in input_names]
+    if "flair" not in names or not any(name.startswith("t1") for name in names) or len(features) != len(names):
+        return [], None
+    flair = names.index("flair")
+    t1 = next(index for index, name in enumerate(names) if name.startswith("t1"))
+    f, t = features[flair], features[t1]
+    contrast_swapped = f.tail_width < t.tail_width
+    names_right = named_as(volume_names[flair], input_names[flair]) and named_as(volume_names[t1], input_names[t1])
+    names_swapped = (named_as(volume_names[flair], input_names[t1]) and named_as(volume_names[t1], input_names[flair])
+                     and not names_right)
+    given = f"'{volume_names[flair]}' as {input_names[flair]} and '{volume_names[t1]}' as {input_names[t1]}"
+    order = ", ".join(input_names)
+    if names_swapped and contrast_swapped:
+        return [], (f"The inputs seem swapped: {given} were given, but their names and their contrast say the "
+                    f"reverse. Give them in the order the model card lists: {order}.")
+    if names_swapped:
+        return [f"The inputs may be swapped: {given} were given, but their names say the reverse. The model needs "
+                f"them in the order {order}."], None
+    if contrast_swapped and not names_right:
+        return [f"The inputs may be swapped: {given} were given, but their contrast looks like the reverse (the "
+                f"{input_names[t1]}'s intensities have the longer tails, as a FLAIR's have). "
+                f"The model needs them in the order {order}."], None
+    return [], None
+
+
+def check_distinct_inputs(images: Sequence[np.ndarray], input_names: Sequence[str], volume_names: Sequence[str]) -> None:
+    """Raise ``InputVolumeError`` when two inputs of a model hold the same image (one file
+    picked twice): the model needs a different sequence for each."""
+    for a in range(len(images)):
+        for b in range(a + 1, len(images)):
+            if images[a].shape == images[b].shape and np.array_equal(images[a], images[b]):
+                raise InputVolumeError(
+                    f"The {input_names[a]} volume '{volume_names[a]}' and the {input_names[b]} volume "
+                    f"'{volume_names[b]}' hold the same image; select a different scan for each input.")
+
+
+def empty_result_warning(labels: np.ndarray, segment_names: Sequence[str], volume_name: str) -> str | None:
+    """A warning when ``labels`` (any shape) mark no voxel at all, else None: an empty result is
+    either right (nothing to find) or a sign of a wrong input, and the user must be told."""
+    if np.any(labels):
+        return None
+    return (f"The segmentation of '{volume_name}' is empty: no {' or '.join(segment_names)} was found. If the scan "
+            "shows one, check the input against the model card (the right sequence in the right order, "
+            "its requirements, not a label map).")
+
+
+def check_inputs(images: Sequence[np.ndarray], geometries: Sequence[VolumeGeometry], volume_names: Sequence[str],
+                 input_names: Sequence[str], requirements: Sequence[str] = (),
+                 named_as: Callable[[str, str], bool] | None = None) -> list[str]:
+    """Every content check for one run of a model; returns the warnings, raises
+    ``InputVolumeError`` on an input that cannot give a meaningful result.
+
+    ``images`` (KJI arrays on ``geometries``, as read from the volumes ``volume_names``) are the
+    model's inputs in the order of its card's ``input_names``; ``requirements`` are the card's
+    ``inputRequirements``; ``named_as(volume_name, input_name)`` tells whether a name marks a
+    volume as an input (None: names are not judged). Refused: a constant volume, a label map or
+    mask, one image for two inputs, FLAIR and T1 swapped by both names and contrast. Warned:
+    each failed requirement, a swap that only one kind of evidence shows.
+    """
+    names = list(input_names) if len(input_names) == len(images) else [None] * len(images)
+    for image, input_name, volume_name in zip(images, names, volume_names, strict=True):
+        expected = f"a {input_name} scan" if input_name else "the scan"
+        check_image_content(image, describe_input(input_name if len(images) > 1 else None, volume_name), expected)
+    if len(images) > 1:
+        check_distinct_inputs(images, [name or "input" for name in names], volume_names)
+    ordered = [name.lower() for name in names if name]
+    wants_order = "flair" in ordered and any(name.startswith("t1") for name in ordered)
+    if not requirements and not wants_order:
+        return []
+    features = [brain_features(image, geometry) for image, geometry in zip(images, geometries, strict=True)]
+    warnings = []
+    for measured, input_name, volume_name in zip(features, names, volume_names, strict=True):
+        warnings += brain_requirement_warnings(measured, describe_input(input_name, volume_name), requirements)
+    if wants_order:
+        order_warnings, error = modality_order_problems(features, names, volume_names,
+                                                        named_as or (lambda volume, name: False))
+        if error:
+            raise InputVolumeError(error)
+        warnings += order_warnings
+    return warnings

@@ -1,0 +1,156 @@
+"""Content checks on real data: label maps, constant volumes, swapped modalities, brain requirements.
+
+Each check is held to the right outcome on the BraTS sample and the MSD hippocampus data: no
+message on the real inputs as they are, the named warning or error on the faulty ones.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import DATA_ROOT, hippocampus_paths
+from EfficientSegmentationCommon.errors import InputVolumeError
+from EfficientSegmentationCommon.input_checks import (
+    REQUIREMENTS,
+    brain_features,
+    brain_requirement_warnings,
+    check_distinct_inputs,
+    check_image_content,
+    empty_result_warning,
+    modality_order_problems,
+)
+from OSSNetSegmentLib.data import INPUT_FILES, read_nifti_kji
+from OSSNetSegmentLib.input_names import is_input
+from scipy import ndimage
+
+BRATS = DATA_ROOT / "BraTS_sample"
+CASES = sorted(p.name for p in BRATS.iterdir() if p.is_dir())
+ONE_MM = SimpleNamespace(spacing=(1.0, 1.0, 1.0))
+INPUTS = ["FLAIR", "T1c"]
+
+
+def brats(case: str, name: str) -> np.ndarray:
+    return read_nifti_kji(BRATS / case / name)[0]
+
+
+@pytest.fixture(scope="module")
+def features():
+    """brain_features of every BraTS case's FLAIR and T1c: {case: (flair, t1c)}."""
+    return {case: tuple(brain_features(brats(case, INPUT_FILES[name]), ONE_MM) for name in INPUTS) for case in CASES}
+
+
+def with_skull(image: np.ndarray, noisy_background: bool) -> np.ndarray:
+    """A skull-stripped BraTS image given back a head: 2 mm of CSF, 4 mm of dark bone and 4 mm of
+    bright scalp around the brain, and (optionally) the noisy air of an unprocessed scan."""
+    brain = image > image.min()
+    outside = ndimage.distance_transform_edt(~brain)
+    dark, bright = np.percentile(image[brain], [2, 99])
+    head = image.copy()
+    head[(outside > 0) & (outside <= 2)] = dark
+    head[(outside > 2) & (outside <= 6)] = image.min() + 0.1 * (dark - image.min())
+    head[(outside > 6) & (outside <= 10)] = bright
+    air = outside > 10
+    noise = np.abs(np.random.default_rng(0).normal(0, 0.05 * (bright - dark), int(air.sum()))) if noisy_background else 0
+    head[air] = image.min() + noise
+    return head
+
+
+@pytest.mark.parametrize("path", [BRATS / "brats_2013_pat0006_1" / "OTMultiClass.nii.gz",
+                                  BRATS / "brats_2013_pat0006_1" / "brainmask.nii.gz",
+                                  hippocampus_paths("hippocampus_001")[1]], ids=["brats labels", "brain mask", "msd labels"])
+def test_label_maps_and_masks_are_refused(path):
+    image = read_nifti_kji(path)[0]
+    kind = "a mask" if "mask" in path.name else "a label map"
+    with pytest.raises(InputVolumeError, match=rf"The FLAIR volume 'x' looks like {kind}, not an image: it holds only "
+                                               r"\d distinct integer values \(0, 1"):
+        check_image_content(image, "The FLAIR volume 'x'", "a FLAIR MRI")
+
+
+def test_real_images_are_not_taken_for_label_maps():
+    # hippocampus_142 is the MSD image with the fewest distinct values (109, 8-bit)
+    for path in (hippocampus_paths("hippocampus_142")[0], hippocampus_paths("hippocampus_001")[0],
+                 BRATS / "brats_2013_pat0006_1" / INPUT_FILES["FLAIR"]):
+        check_image_content(read_nifti_kji(path)[0], "x")
+
+
+@pytest.mark.parametrize("value", [0.0, 7.0])
+def test_constant_volumes_are_refused(value):
+    with pytest.raises(InputVolumeError, match=rf"Input volume 'empty' is constant \(every voxel is {value:g}\)"):
+        check_image_content(np.full((20, 30, 40), value, np.float32), "Input volume 'empty'")
+
+
+def test_the_real_cases_meet_the_brain_requirements(features):
+    for case, pair in features.items():
+        for name, measured in zip(INPUTS, pair, strict=True):
+            assert brain_requirement_warnings(measured, f"{case} {name}", REQUIREMENTS) == []
+
+
+@pytest.mark.parametrize("noisy_background", [True, False], ids=["noisy air", "zero air"])
+def test_a_head_that_is_not_skull_stripped_is_flagged(noisy_background):
+    head = with_skull(brats("brats_2013_pat0006_1", INPUT_FILES["FLAIR"]), noisy_background)
+    warnings = brain_requirement_warnings(brain_features(head, ONE_MM), "The FLAIR volume 'head'", REQUIREMENTS)
+    expected = "has no constant background" if noisy_background else "has a bright outer layer"
+    assert warnings and warnings[0].startswith(f"The FLAIR volume 'head' {expected}")
+    assert "Strip the skull first" in warnings[0]
+    # the requirement is the card's: a model that does not state it is not warned about
+    assert brain_requirement_warnings(brain_features(head, ONE_MM), "x", ()) == []
+
+
+def test_a_brain_cut_off_by_the_field_of_view_is_flagged():
+    half = brats("brats_2013_pat0006_1", INPUT_FILES["T1c"])[:, :, :120]  # the left half, cut at the midline
+    warnings = brain_requirement_warnings(brain_features(half, ONE_MM), "The T1c volume 'half'", REQUIREMENTS)
+    assert len(warnings) == 1 and "reaches the edge of the volume" in warnings[0]
+    assert "needs the whole brain in view" in warnings[0]
+
+
+def test_modality_order_is_judged_right_on_every_case_both_ways_round(features):
+    neutral = lambda volume, name: False  # noqa: E731  (names that say nothing: only the contrast speaks)
+    for case, (flair, t1c) in features.items():
+        assert flair.tail_width > t1c.tail_width + 1.5, case
+        assert modality_order_problems([flair, t1c], INPUTS, ["a", "b"], neutral) == ([], None)
+        warnings, error = modality_order_problems([t1c, flair], INPUTS, ["a", "b"], neutral)
+        assert error is None and len(warnings) == 1
+        assert warnings[0].startswith("The inputs may be swapped: 'a' as FLAIR and 'b' as T1c were given, "
+                                      "but their contrast looks like the reverse")
+
+
+def test_swapped_inputs_named_for_their_modality_are_refused(features):
+    flair, t1c = features["brats_2013_pat0001_1"]
+    names = ["T1c_subtrMeanDivStd", "Flair_subtrMeanDivStd"]
+    warnings, error = modality_order_problems([t1c, flair], INPUTS, names, is_input)
+    assert warnings == [] and error.startswith("The inputs seem swapped: 'T1c_subtrMeanDivStd' as FLAIR and "
+                                               "'Flair_subtrMeanDivStd' as T1c were given")
+    assert error.endswith("Give them in the order the model card lists: FLAIR, T1c.")
+    # the right order with the right names: nothing to say
+    assert modality_order_problems([flair, t1c], INPUTS, names[::-1], is_input) == ([], None)
+    # names swapped but the contrast says the order is right: a warning, not a refusal
+    warnings, error = modality_order_problems([flair, t1c], INPUTS, names, is_input)
+    assert error is None and "their names say the reverse" in warnings[0]
+
+
+def test_one_image_given_for_two_inputs_is_refused():
+    flair = brats("brats_2013_pat0006_1", INPUT_FILES["FLAIR"])
+    with pytest.raises(InputVolumeError, match="The FLAIR volume 'f' and the T1c volume 'g' hold the same image"):
+        check_distinct_inputs([flair, flair.copy()], INPUTS, ["f", "g"])
+
+
+def test_an_empty_result_is_reported():
+    labels = np.zeros((4, 5, 6), np.uint8)
+    assert empty_result_warning(labels, ["whole tumour"], "case").startswith(
+        "The segmentation of 'case' is empty: no whole tumour was found.")
+    labels[1, 2, 3] = 1
+    assert empty_result_warning(labels, ["whole tumour"], "case") is None
+
+
+def test_a_parcellation_with_many_labels_is_refused():
+    """Like a FreeSurfer aparc: the BraTS brain cut into ~2 cm parcels, each with its own label value."""
+    brain = read_nifti_kji(BRATS / "brats_2013_pat0006_1" / "brainmask.nii.gz")[0] > 0
+    k, j, i = np.indices(brain.shape) // 20
+    parcels = np.where(brain, 1000 + 7 * (i + 12 * j + 144 * k), 0).astype(np.float32)
+    count = len(np.unique(parcels))
+    assert count > 16
+    with pytest.raises(InputVolumeError, match=rf"'parcels' looks like a label map, not an image: it holds {count} "
+                                               r"integer values \(0, 1\d+, .*\) in uniform regions"):
+        check_image_content(parcels, "Input volume 'parcels'")

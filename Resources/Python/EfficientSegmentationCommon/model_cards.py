@@ -42,9 +42,10 @@ def read_json(path: Path, what: str) -> object:
 
 @lru_cache(maxsize=4)
 def _entry_schema(schema_path: str) -> dict:
-    """The schema of one registry entry (``models`` items) from the registry schema file."""
+    """The schema of one registry entry (``models`` items) from the registry schema file, with the
+    document's shared definitions (``$defs``) its references point to."""
     document = read_json(Path(schema_path), "model registry schema")
-    return document["properties"]["models"]["items"]
+    return {**document["properties"]["models"]["items"], "$defs": document.get("$defs", {})}
 
 
 def _field(path: Sequence) -> str:

@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mednca-segment: {error}", file=sys.stderr)
         return 2
     inputs, names, notes = batch.unique_names(args.inputs, name_from_path)
-    print(f"model: {entry.id} ({entry.title}); {settings.runs} runs; output: {args.output_dir}", flush=True)
+    runs = f"{settings.runs} run" + ("s" if settings.runs != 1 else "")
+    print(f"model: {entry.id} ({entry.title}); {runs}; output: {args.output_dir}", flush=True)
     for note in notes:
         print(f"note: {note}", flush=True)
     rows: list[dict[str, str]] = []
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = batch.run_batch(inputs, process, names)
     if args.volumes:
         write_volumes(args.volumes, rows)
-        print(f"volumes: {args.volumes} ({len(rows)} rows)", flush=True)
+        print(f"volumes: {args.volumes} ({len(rows)} row{'s' if len(rows) != 1 else ''})", flush=True)
     return status
 
 

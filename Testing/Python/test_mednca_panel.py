@@ -413,5 +413,5 @@ def test_volumes_are_shown_as_a_small_table():
     one = HippocampusVolumes({"anterior hippocampus": 1400.0, "posterior hippocampus": 1500.0})
     assert volume_lines(one) == ["Volume: 2900 mm3 (anterior hippocampus 1400, posterior hippocampus 1500)"]
     summary = run_summary(MedNCAResult(None, np.zeros((2, 2, 2), np.uint8), VolumeGeometry.compose((2, 2, 2), (1.0,) * 3),
-                                       {}, volumes=volumes), runs=1)
+                                       {}, volumes=volumes))
     assert list(summary.details) == volume_lines(volumes)

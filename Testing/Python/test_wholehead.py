@@ -118,7 +118,8 @@ def test_whole_head_segments_both_sides_in_their_boxes(head_runs):
         # Anatomy in physical space: the head (anterior) lies in front of the body and tail.
         assert (voxel_positions(result.labels, geometry, [anterior])[:, 1].mean()
                 > voxel_positions(result.labels, geometry, [posterior])[:, 1].mean() + 5)
-    assert not result.warnings
+    # One run (to keep the test short) has no quality score, and says so; nothing else is wrong.
+    assert [w for w in result.warnings if not w.startswith("One run gives no quality score")] == []
 
 
 def test_volumes_are_voxel_counts_of_the_exported_labelmap(head_runs):

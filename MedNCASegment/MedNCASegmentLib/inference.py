@@ -66,10 +66,20 @@ def decode_labels(mean: np.ndarray) -> np.ndarray:
     Foreground where the classes together exceed 0.5, assigned to the most probable class, so
     the border between two classes never leaves a hole that neither claims.
     """
-    foreground = mean.sum(axis=0) > 0.5
-    labels = mean.argmax(axis=0).astype(np.uint8)  # uint8 at once: few volume-sized int64 arrays
+    # Class by class, so that no volume-sized int64 (argmax) or (C, ...) temporary is made:
+    # 9 bytes per voxel beside the result (the running maximum and sum, and a mask).
+    labels = np.zeros(mean.shape[1:], np.uint8)
+    best = mean[0].astype(np.float32, copy=True)
+    total = best.copy()
+    for index in range(1, mean.shape[0]):
+        wins = mean[index] > best  # strictly: a tie goes to the first class, as argmax does
+        labels[wins] = index
+        np.maximum(best, mean[index], out=best)
+        total += mean[index]
+        del wins
+    del best
     labels += 1
-    labels[~foreground] = 0
+    labels[total <= 0.5] = 0
     return labels
 
 

@@ -192,10 +192,12 @@ class MedNCASegmentLogic(RegistryLogic):
                               entry.input_requirements)  # its content: a label map, the card's requirements
         if roi is not None:
             crop, geometry = crop_to_roi(full_geometry, roi)
+            _check_memory(geometry, entry, inputVolume)
             return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image[crop]), geometry, full_geometry,
                              crop, outputSegmentation, notes)
         mode = "head" if boxes is not None else choose_mode(full_geometry, settings.mode)
         if mode == "crop":
+            _check_memory(full_geometry, entry, inputVolume)
             return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image), full_geometry, full_geometry,
                              None, outputSegmentation, notes)
         if not entry.bilateral_segments:
@@ -242,21 +244,31 @@ class MedNCASegmentLogic(RegistryLogic):
         downscale = config.downscale if settings.downscale is None else settings.downscale
         check_size(grid.shape_kji, config.dims, minimum_size(downscale, config.global_kernel, config.refinement_kernel),
                    grid.spacing, describe_node(job.input_volume))
-        model_image = resample(job.image, job.geometry, grid, order=1)
+        # Volume-sized arrays are made only where needed and dropped as soon as they are used, so
+        # that a run's peak stays near input_size.BYTES_PER_VOXEL.
+        same_grid = grid == job.geometry
+        model_image = job.image if same_grid else resample(job.image, job.geometry, grid, order=1)
         preview = {} if previewCallback is None else {"preview": self._preview_relay(job, grid, previewCallback),
                                                       "preview_every": PREVIEW_EVERY_STEPS}
         result = segment(network, model_image, normalized=True, progress=scaled(step, 0.02, 0.97),
                          **settings.inference_keywords(), **preview)
-        step(0.97, "Resampling to the input grid")
-        mean = np.stack([resample(m, grid, job.geometry, order=1) for m in result.mean])
-        spread = resample(result.std.sum(axis=0), grid, job.geometry, order=1) if settings.uncertainty_volume else None
+        del model_image
+        quality = result.quality
+        spread = result.std.sum(axis=0) if settings.uncertainty_volume else None
+        mean = result.mean
+        del result  # the per-class spread: 8 bytes per voxel
+        if not same_grid:
+            step(0.97, "Resampling to the input grid")
+            mean = _resampled_classes(mean, grid, job.geometry)
+            spread = None if spread is None else resample(spread, grid, job.geometry, order=1)
         labels = decode_labels(mean)
+        del mean
         if settings.keep_largest_component:
             labels = keep_largest_component(labels)
         if previewCallback is not None:
             previewCallback(self._on_full_grid(job, labels))
         step(1.0, "Computed")
-        return MedNCAComputed(labels, spread, result.quality, time.perf_counter() - started)
+        return MedNCAComputed(labels, spread, quality, time.perf_counter() - started)
 
     def _compute_head(self, job: MedNCAJob, network, progress: ProgressCallback, started: float) -> MedNCAComputed:
         """Both hippocampi: locate (unless the job has boxes), then each side in its box."""
@@ -362,6 +374,23 @@ class MedNCASegmentLogic(RegistryLogic):
             cancel.raise_if_set()
             report(1.0, "Done")
         return result
+
+
+def _check_memory(geometry: VolumeGeometry, entry: ModelEntry, volume) -> None:
+    """Refuse a crop-path run the system lacks the memory for (``input_size.check_memory``)."""
+    from .input_size import check_memory
+
+    model_grid = axis_aligned_grid(geometry, entry.spacing)
+    check_memory(max(int(np.prod(geometry.shape_kji)), int(np.prod(model_grid.shape_kji))), describe_node(volume))
+
+
+def _resampled_classes(mean: np.ndarray, source: VolumeGeometry, target: VolumeGeometry) -> np.ndarray:
+    """Per-class probabilities (C, K, J, I) on ``source`` resampled linearly to ``target``, filled
+    class by class into one array (no list of resampled classes beside the stacked copy)."""
+    out = np.empty((mean.shape[0], *target.shape_kji), np.float32)
+    for index, probabilities in enumerate(mean):
+        out[index] = resample(probabilities, source, target, order=1)
+    return out
 
 
 def _side_nodes(boxes) -> dict[str, object]:

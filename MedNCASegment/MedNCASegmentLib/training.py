@@ -11,7 +11,10 @@ Recipe (measured choices; the model card records the exact values):
 - images stay on their native 1 mm grid (the reference resizes to 64x64 and ignores spacing);
 - the 2D automaton sees each slice with its two neighbours as fixed input channels (2.5D);
 - stage 2 trains on a random patch that lies on the structure most of the time;
-- augmentation for shifts, flips, rotation, scale, contrast, bias field and noise;
+- augmentation for shifts, flips, rotation, scale, contrast, bias field and noise; with
+  ``--artefact-copies N``, N copies of each training volume with a random MRI artefact (motion,
+  thick slices, blur, spike, ghosting; torchio), drawn instead of the clean volume half the time;
+- ``--init WEIGHTS`` starts from trained weights (fine-tuning) instead of a random automaton;
 - Adam with warm-up and cosine decay, gradient clipping (the automaton's recurrence makes
   gradients spiky); loss BCE + soft Dice per class.
 """
@@ -33,10 +36,10 @@ from EfficientSegmentationCommon.hardware import hardware_description
 from EfficientSegmentationCommon.metrics import dice
 from EfficientSegmentationCommon.training import warmup_cosine
 
-from .augmentation import augment
+from .augmentation import artefact_copies, augment
 from .data import Case, load_case, read_split
 from .inference import segment
-from .model_io import save_model
+from .model_io import load_model, save_model
 from .nca import MedNCA, default_config
 from .preprocessing import normalize_intensity, slice_stack
 
@@ -53,12 +56,16 @@ class Sampler:
     """
 
     def __init__(self, cases: list[Case], dims: int, canvas: tuple[int, ...], context: int,
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator, artefact_copies_per_case: int = 0, seed: int = 0) -> None:
         self.dims, self.canvas, self.rng = dims, canvas, rng
-        self.images = [normalize_intensity(c.image) for c in cases]
+        # variants[case]: the clean volume, then its copies with artefacts (all normalised).
+        self.variants = [[normalize_intensity(image) for image in
+                          (c.image, *artefact_copies(c.image, artefact_copies_per_case, seed + index))]
+                         if artefact_copies_per_case else [normalize_intensity(c.image)]
+                         for index, c in enumerate(cases)]
         self.labels = [c.labels for c in cases]
         if dims == 2:
-            self.stacks = [slice_stack(image, context) for image in self.images]
+            self.stacks = [[slice_stack(image, context) for image in variants] for variants in self.variants]
             self.all_slices = [(i, k) for i, labels in enumerate(self.labels) for k in range(labels.shape[0])]
             self.foreground_slices = [(i, k) for i, k in self.all_slices if self.labels[i][k].any()]
 
@@ -80,16 +87,23 @@ class Sampler:
         out_labels[tuple(target)] = labels[tuple(source)]
         return out_image, out_labels
 
+    def _variant(self, case: int) -> int:
+        """0 (the clean volume), or, half the time when there are copies with artefacts, one of them."""
+        copies = len(self.variants[case]) - 1
+        if not copies or self.rng.random() < 0.5:
+            return 0
+        return 1 + int(self.rng.integers(copies))
+
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
         for _ in range(size):
             if self.dims == 2:
                 pool = self.foreground_slices if self.rng.random() < 0.9 else self.all_slices
                 case, k = pool[int(self.rng.integers(len(pool)))]
-                image, label = self._place(self.stacks[case][k], self.labels[case][k])
+                image, label = self._place(self.stacks[case][self._variant(case)][k], self.labels[case][k])
             else:
-                case = int(self.rng.integers(len(self.images)))
-                image, label = self._place(self.images[case][None], self.labels[case])
+                case = int(self.rng.integers(len(self.variants)))
+                image, label = self._place(self.variants[case][self._variant(case)][None], self.labels[case])
             images.append(image)
             labels.append(label)
         return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels))
@@ -160,6 +174,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-minutes", type=float, default=3.0)
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--eval-cases", type=int, default=12, help="validation cases for the periodic check")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from these trained weights (fine-tuning; their configuration is kept)")
+    parser.add_argument("--artefact-copies", type=int, default=0,
+                        help="copies of each training volume with a random MRI artefact (needs torchio)")
     parser.add_argument("--channels", type=int, default=None)
     parser.add_argument("--hidden", type=int, default=None)
     parser.add_argument("--global-steps", type=int, default=None)
@@ -178,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("channels", "hidden", "global_steps", "refinement_steps"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
-    model = MedNCA(config)
+    if args.init is not None:
+        model, _ = load_model(args.init)
+        config = model.config
+    else:
+        model = MedNCA(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     rng = np.random.default_rng(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -201,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     train_cases = [load_case(args.data, i) for i in split["train"]]
     validation_cases = [load_case(args.data, i) for i in split["validation"]]
     canvas = (64, 48) if args.dims == 2 else (48, 64, 48)
-    sampler = Sampler(train_cases, args.dims, canvas, (config.input_channels - 1) // 2, rng)
+    sampler = Sampler(train_cases, args.dims, canvas, (config.input_channels - 1) // 2, rng,
+                      args.artefact_copies, args.seed)
     print(f"{len(train_cases)} training and {len(validation_cases)} validation cases; "
           f"{model.parameter_count} parameters; config {config.to_dict()}", flush=True)
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import axis_aligned_grid
+from EfficientSegmentationCommon.memory import format_bytes
 
 if TYPE_CHECKING:
     from .settings import OSSNetSettings
@@ -135,10 +136,3 @@ def memory_estimate(input_shape_kji: Sequence[int], channels: int, output_shape_
     decoding = (FIXED_BYTES + BYTES_PER_INPUT_VOXEL_HELD * input_values + BYTES_PER_OUTPUT_VOXEL * output_voxels
                 + BYTES_PER_CHUNK_POINT * chunk_size)
     return max(preparing, decoding)
-
-
-def format_bytes(count: float) -> str:
-    """1.2 GB, 350 MB: the precision a user needs to judge whether it fits."""
-    if count >= 1e9:
-        return f"{count / 1e9:.1f} GB"
-    return f"{count / 1e6:.0f} MB"

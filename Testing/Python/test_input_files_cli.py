@@ -29,6 +29,7 @@ from EfficientSegmentationCommon.torch_setup import available_devices
 from EfficientSegmentationCommon.volume_arrays import array_from_volume
 from MedNCASegmentLib import cli as mednca_cli
 from MedNCASegmentLib.logic import MedNCASegmentLogic
+from MedNCASegmentLib.settings import MedNCASettings
 from OSSNetSegmentLib import cli as ossnet_cli
 
 SHIFT_MM = np.array([20.0, -12.0, 7.0])
@@ -193,6 +194,23 @@ def test_volumes_too_thin_for_med_nca_say_the_minimum_size(shape_kji):
     with pytest.raises(InputVolumeError, match=r"'thin' is .* voxels \(R x A x S\) on the model's 1 x 1 x 1 mm grid; "
                                                r"Med-NCA needs at least 5 voxels along A and R"):
         logic.segment(thin, runs=1)
+
+
+def test_a_volume_larger_than_the_available_memory_is_refused_up_front(monkeypatch):
+    """A whole 1 mm brain in crop mode, on a machine said to have 100 MB free: refused in prepare
+    with the estimate and what to do; the scene is as it was; with the memory, it would run."""
+    from MedNCASegmentLib import input_size
+
+    logic = MedNCASegmentLogic(create_scene())
+    volume = load_volume(logic.scene, BRATS_CASE / FLAIR)
+    nodes = logic.scene.GetNumberOfNodes()
+    monkeypatch.setattr(input_size, "available_memory_bytes", lambda: 100_000_000)
+    with pytest.raises(InputVolumeError, match=r"has 9 million voxels: segmenting it needs about [\d.]+ [GM]B of memory "
+                                               r"and 100 MB is available. Draw an ROI box"):
+        logic.prepare(volume, MedNCASettings(runs=1, mode="crop"))
+    assert logic.scene.GetNumberOfNodes() == nodes
+    monkeypatch.setattr(input_size, "available_memory_bytes", lambda: 2_000_000_000)
+    assert logic.prepare(volume, MedNCASettings(runs=1, mode="crop")).image.shape == (155, 240, 240)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Giving freed memory back to the system after a segmentation, so a long session stays flat.
+"""Memory a run may use: what the machine has available, and giving freed memory back after a
+segmentation, so a long session stays flat.
 
 glibc's allocator keeps freed memory for reuse: after a large inference, the heap (and, since
 glibc raises its mmap threshold after freeing a large mapped block, later large arrays too)
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 _libc = None
@@ -43,3 +45,30 @@ def release_free_memory() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+def available_memory_bytes() -> int | None:
+    """Memory (bytes) the system can give a new allocation without swapping, or None where unknown.
+
+    Linux: ``MemAvailable`` of ``/proc/meminfo`` (the kernel's estimate, page cache that can be
+    dropped included); other systems: free physical pages (``os.sysconf``) where offered, which
+    undercounts (no page cache); None otherwise, and callers then do not refuse anything.
+    """
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_bytes(count: float) -> str:
+    """1.2 GB, 350 MB: the precision a user needs to judge whether it fits."""
+    if count >= 1e9:
+        return f"{count / 1e9:.1f} GB"
+    return f"{count / 1e6:.0f} MB"

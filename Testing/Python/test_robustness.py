@@ -110,3 +110,22 @@ def test_leave_one_case_out_judges_each_case_by_the_others():
     # b: from 0.5, 0.3 -> 0.2999, flags 0.6, not 0.2; held out c: from 0.5, 0.6 -> 0.4999: misses 0.3.
     assert rb.leave_one_case_out(scores, failure, cases, 0.9) == {"sensitivity": pytest.approx(2 / 3),
                                                                    "specificity": 1.0}
+
+
+def test_training_artefact_copies_change_a_real_case_reproducibly(case):
+    """The training augmentation's artefact copies (augmentation.artefact_copies): each differs
+    from the clean image where the structure is, the input is untouched, the same seed gives the
+    same copies and another seed others."""
+    from MedNCASegmentLib.augmentation import artefact_copies
+
+    image = case.images[0]
+    before = image.copy()
+    copies = artefact_copies(image, 4, seed=3)
+    np.testing.assert_array_equal(image, before)
+    assert all(c.shape == image.shape and c.dtype == np.float32 for c in copies)
+    changed = [float(np.abs(c - image)[case.labels > 0].mean()) for c in copies]
+    assert sum(change > 1e-3 * float(image.max()) for change in changed) >= 3, changed
+    again = artefact_copies(image, 4, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(copies, again, strict=True))
+    other = artefact_copies(image, 4, seed=4)
+    assert not all(np.array_equal(a, b) for a, b in zip(copies, other, strict=True))

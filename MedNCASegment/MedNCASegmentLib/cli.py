@@ -36,13 +36,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mednca-segment", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="volumes to segment (.nii.gz, .nii, .nrrd, ...)")
-    parser.add_argument("-o", "--output-dir", type=Path, required=True)
+    parser.add_argument("-o", "--output-dir", type=Path, required=True,
+                        help="folder for the results (created if missing); an input's result is <name>.<format>")
     add_arguments(parser, MedNCASettings)
     parser.add_argument("--roi", type=float, nargs=6, metavar=("R", "A", "S", "SIZE_R", "SIZE_A", "SIZE_S"),
                         default=None, help="segment one hippocampus in this box: centre and size in RAS mm")
     parser.add_argument("--volumes", type=Path, default=None, metavar="CSV",
                         help="write the volumes (mm3) and the asymmetry index of every input to this CSV file")
-    parser.add_argument("--format", choices=batch.FORMATS, default="seg.nrrd")
+    parser.add_argument("--format", choices=batch.FORMATS, default="seg.nrrd",
+                        help="seg.nrrd: a Slicer segmentation; nii.gz: a label map with the model card's label values "
+                             "on the input's grid (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     return parser.parse_args(argv)
 

@@ -36,9 +36,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", "-i", nargs="+", required=True,
                         help="the input files of one case in the model card's order, or one or more case folders")
-    parser.add_argument("-o", "--output-dir", type=Path, required=True)
+    parser.add_argument("-o", "--output-dir", type=Path, required=True,
+                        help="folder for the results (created if missing); an input's result is <name>.<format>")
     add_arguments(parser, OSSNetSettings)
-    parser.add_argument("--format", choices=batch.FORMATS, default="seg.nrrd")
+    parser.add_argument("--format", choices=batch.FORMATS, default="seg.nrrd",
+                        help="seg.nrrd: a Slicer segmentation; nii.gz: a label map with the model card's label values "
+                             "on the result's grid (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     return parser.parse_args(argv)
 

@@ -13,12 +13,21 @@ are the panels', not copies.
 A failed load or run leaves the scene as it was (``SceneTransaction`` and the logic's own
 all-or-nothing ``finish``); ``reset`` removes everything this session added, so the next user
 starts from an empty scene.
+
+A Med-NCA run whose settings ask for it (``MedNCASettings.preview``) shows the automaton's live
+preview: the shared ``preview.LivePreview`` (the Slicer panel's) receives the worker's labels
+through the logic's ``previewCallback``, ``poll`` writes the latest into a temporary
+segmentation node the slice views show, and the node is removed when the run finishes, fails,
+is cancelled or the session is reset. A ``.zip`` upload is read as a DICOM series
+(``dicom_zip``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -29,6 +38,7 @@ from EfficientSegmentationCommon.batch import write_labels, write_result
 from EfficientSegmentationCommon.errors import InputVolumeError
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.panel_state import FINISH, RunSummary, SegmentPanel
+from EfficientSegmentationCommon.preview import LivePreview
 from EfficientSegmentationCommon.progress import SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
 from EfficientSegmentationCommon.scene import load_volume, name_from_path, remove_node
@@ -42,9 +52,14 @@ from MedNCASegmentLib.settings import MedNCASettings
 from OSSNetSegmentLib.logic import OSSNetSegmentLogic
 from OSSNetSegmentLib.settings import OSSNetSettings
 
+from .dicom_zip import read_dicom_zip
+
+LOG = logging.getLogger(__name__)
+
 # Share of the progress bar for the computation; the rest is writing the result (as in the panels).
 COMPUTE_SHARE = 0.9
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_ZIP_SUFFIX = ".zip"  # an upload with this suffix is a zipped DICOM series
 DOWNLOAD_FORMATS = ("seg.nrrd", "nii.gz")
 
 
@@ -99,6 +114,8 @@ class SegmentationSession:
         self.result_summary: RunSummary | None = None
         self.result_rows: list[SegmentRow] = []
         self.reference_volume = None
+        self.load_note = ""  # what the last load wants the user to know (e.g. which DICOM series)
+        self.preview: LivePreview | None = None  # the running Med-NCA job's live preview, if it has one
         self._job = BackgroundJob()
         self._prepared = None  # (logic, job) of the running computation
 
@@ -109,17 +126,34 @@ class SegmentationSession:
         return [entry for logic in self.logics.values() for entry in logic.models() if entry.path.exists()]
 
     def entry(self, model_id: str) -> ModelEntry:
-        for entry in self.models():
-            if entry.id == model_id:
-                return entry
-        raise InputVolumeError(f"Unknown model '{model_id}': pick one of the listed models.")
+        """The registry entry of ``model_id``; ``ModelError`` when it is unknown or its weights are missing."""
+        return self.logics["mednca"].registry.get(model_id)
 
     # -- volumes ------------------------------------------------------------------------------
 
     def load(self, path: str | os.PathLike, name: str | None = None):
-        """Load an image file as a volume the models can take, or raise ``InputVolumeError``
-        naming the problem (unreadable or damaged, 4D or vector, NaNs, no orientation: the
-        shared file checks of ``scene.load_volume``; single slice); the scene is then left as it was."""
+        """Load an image file, or a ``.zip`` of one DICOM series (``dicom_zip``), as a volume the
+        models can take, or raise ``InputVolumeError`` naming the problem (unreadable or damaged,
+        4D or vector, NaNs, no orientation: the shared file checks of ``scene.load_volume``; single
+        slice; a zip without a usable DICOM series); the scene is then left as it was.
+        ``load_note`` then says what the user should know about the load ("" for most files)."""
+        self.load_note = ""
+        if os.fspath(path).lower().endswith(DICOM_ZIP_SUFFIX):
+            return self._load_dicom_zip(Path(path), name)
+        return self._load_file(path, name)
+
+    def _load_dicom_zip(self, path: Path, name: str | None):
+        """The zip's DICOM series, converted in a temporary folder that is removed in any case."""
+        with tempfile.TemporaryDirectory(prefix="effseg-dicom-") as folder:
+            series = read_dicom_zip(path, Path(folder))
+            try:
+                node = self._load_file(series.image_path, name or series.name)
+            except InputVolumeError as error:  # name the user's zip, not the converted file
+                raise InputVolumeError(str(error).replace(str(series.image_path), path.name)) from None
+        self.load_note = series.note
+        return node
+
+    def _load_file(self, path: str | os.PathLike, name: str | None):
         with SceneTransaction(self.scene):
             node = load_volume(self.scene, path, name)
             node.SetName(name or name_from_path(os.fspath(path)))  # the volumes logic may append "_1"
@@ -173,7 +207,23 @@ class SegmentationSession:
             self.panel.failed(str(error))
             return
         self._prepared = (logic, job, entry, settings)
-        self._job.start(lambda progress, cancel: logic.compute(job, scaled(progress, 0.0, COMPUTE_SHARE), cancel))
+        self.preview = self._create_preview(entry, job)
+        callbacks = {} if self.preview is None else {"previewCallback": self.preview.put}
+        self._job.start(lambda progress, cancel: logic.compute(job, scaled(progress, 0.0, COMPUTE_SHARE), cancel,
+                                                               **callbacks))
+
+    def _create_preview(self, entry: ModelEntry, job) -> LivePreview | None:
+        """A live preview for a Med-NCA job whose settings ask for one; none for a whole head (its
+        computation offers no intermediate labels) and for OSS-Net (which has none to offer)."""
+        if entry.method != "mednca" or not job.settings.preview or job.mode == "head":
+            return None
+        return LivePreview(self.scene, job.input_volume, job.full_geometry, job.entry.segments,
+                           self.logics["mednca"].METHOD_TITLE)
+
+    def _remove_preview(self) -> None:
+        preview, self.preview = self.preview, None
+        if preview is not None:
+            preview.remove()
 
     def cancel(self) -> None:
         """Ask the running computation to stop at its next step."""
@@ -195,8 +245,16 @@ class SegmentationSession:
                 self.panel.failed(str(error))
             else:
                 self._accept(entry, job, result, settings)
-        elif not self.panel.active:
+            finally:
+                self._remove_preview()
+        elif not self.panel.active:  # cancelled or failed
             self._prepared = None
+            self._remove_preview()
+        elif self.preview is not None and status.state is JobState.RUNNING:
+            try:
+                self.preview.show()
+            except Exception:  # a preview must never stop the run
+                LOG.error("the live preview could not be shown:\n%s", traceback.format_exc())
         return self.panel.state
 
     def wait(self, timeout: float = 600.0) -> JobState:
@@ -258,6 +316,7 @@ class SegmentationSession:
             self._job.cancel()
             self._job.wait(60)
         self._prepared = None
+        self._remove_preview()
         self._remove_result()
         for node in self.volumes.values():
             remove_node(self.scene, node)
@@ -277,7 +336,7 @@ def _volume_problem(volume) -> str:
 
 def settings_from_page(entry: ModelEntry, values: Mapping):
     """The run's settings for ``entry`` from the page's values: ``runs``, ``trained_steps``,
-    ``global_steps``, ``refinement_steps`` (Med-NCA) or ``resolution`` (OSS-Net). Numbers may
+    ``global_steps``, ``refinement_steps``, ``preview`` (Med-NCA) or ``resolution`` (OSS-Net). Numbers may
     arrive as strings from text fields. ValueError (naming the option and its range) for a bad value."""
     def number(name: str) -> float:
         try:
@@ -289,7 +348,8 @@ def settings_from_page(entry: ModelEntry, values: Mapping):
         trained = bool(values["trained_steps"])
         return MedNCASettings(model=entry.id, runs=int(round(number("runs"))),
                               global_steps=None if trained else int(round(number("global_steps"))),
-                              refinement_steps=None if trained else int(round(number("refinement_steps"))))
+                              refinement_steps=None if trained else int(round(number("refinement_steps"))),
+                              preview=bool(values.get("preview", MedNCASettings().preview)))
     return OSSNetSettings(model=entry.id, resolution=number("resolution"))
 
 
@@ -301,10 +361,18 @@ def slider_range(settings_class: type, name: str) -> tuple[float, float]:
     raise KeyError(name)
 
 
+def setting_help(settings_class: type, name: str) -> str:
+    """A setting's help sentence, as its settings class declares it (the page's tooltips)."""
+    for field in fields(settings_class):
+        if field.name == name:
+            return field.metadata["help"]
+    raise KeyError(name)
+
+
 def page_defaults() -> dict:
     """The page's initial setting values: the settings' defaults, and the panels' for the trained stage steps."""
     mednca = {field.name: field for field in fields(MedNCASettings)}
     return {"runs": MedNCASettings().runs, "trained_steps": True,
             "global_steps": mednca["global_steps"].metadata["panel_default"],
             "refinement_steps": mednca["refinement_steps"].metadata["panel_default"],
-            "resolution": OSSNetSettings().resolution}
+            "preview": MedNCASettings().preview, "resolution": OSSNetSettings().resolution}

@@ -25,7 +25,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from conftest import DATA_ROOT, REPO_ROOT, hippocampus_paths
+from dicom_series import write_series, zip_folder
 from EfficientSegmentationCommon.metrics import dice
 
 CHROMIUM = Path(os.environ.get("EFFSEG_CHROMIUM", "/usr/bin/chromium"))
@@ -210,6 +212,10 @@ def test_mednca_upload_segment_download_matches_the_logic(server, browser, tmp_p
 
 def test_bad_uploads_show_a_message_and_leave_the_scene(server, browser, tmp_path):
     image, _ = hippocampus_paths(HIPPOCAMPUS_CASE)
+    write_series(sitk.ReadImage(str(image)), tmp_path / "dicom", 1, "T1w")
+    dicom_zip = zip_folder(tmp_path / "dicom", tmp_path / "dicom_case.zip")
+    corrupt_zip = tmp_path / "corrupt.zip"
+    corrupt_zip.write_bytes(dicom_zip.read_bytes()[:5000])
     unreadable = tmp_path / "broken.nii.gz"
     unreadable.write_bytes(b"this is not an image")
     four_d = tmp_path / "series_4d.nii.gz"
@@ -225,13 +231,20 @@ def test_bad_uploads_show_a_message_and_leave_the_scene(server, browser, tmp_pat
         app.upload(four_d)
         app.page.wait_for_selector("#load-message >> text=is a 4D image", timeout=60000)
         app.shot("2_4d")
-        # The scene is as before: the loaded case is still the input and can be segmented.
+        app.upload(corrupt_zip)
+        app.page.wait_for_selector("#load-message >> text=is not a readable zip file", timeout=60000)
+        assert "'corrupt.zip'" in app.text("#load-message")
+        app.upload(dicom_zip)  # a zipped DICOM series: loaded, and chosen as the input
+        app.page.wait_for_selector("#load-message", state="detached", timeout=60000)
+        app.page.get_by_text("dicom_case T1w").first.wait_for(timeout=30000)
+        app.shot("3_dicom_zip")
+        # The bad files changed nothing: the two good volumes are loaded, the newest is the input.
         assert app.page.locator("#segment:not([disabled])").count() == 1
         # Missing modality: OSS-Net needs FLAIR and T1c; the T1 case is named neither.
         app.choose("model", "OSS-Net whole brain tumour (FLAIR + contrast T1 MRI)")
         app.page.wait_for_selector("#status-text >> text=Select the", timeout=30000)
         assert app.page.locator("#segment[disabled]").count() == 1
-        app.shot("3_missing_modality")
+        app.shot("4_missing_modality")
     finally:
         app.close()
 
@@ -243,10 +256,12 @@ def test_cancel_mid_run_leaves_no_result(server, browser):
         app.upload(image)
         app.segment_enabled()
         app.set_number("runs-field", 50)
+        app.page.check("#preview", force=True)  # the automaton's live preview in the slice views
         app.page.click("#segment")
         app.page.wait_for_selector("#progress-text >> text=/step \\d+\\/\\d+/", timeout=120000)
         assert app.text("#segment").strip().lower() == "cancel"
-        app.shot("1_running")
+        app.page.wait_for_timeout(3000)  # a preview frame or two
+        app.shot("1_running_with_preview")
         app.page.click("#segment")
         app.page.wait_for_selector("#result-text >> text=Cancelled", timeout=120000)
         app.shot("2_cancelled")

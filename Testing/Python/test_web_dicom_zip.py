@@ -1,10 +1,7 @@
 """Zipped DICOM series uploaded to the web app (``EfficientSegmentationWeb.dicom_zip``), headless.
 
-The DICOM series are made here from real NIfTI cases with SimpleITK's ImageSeriesWriter, one
-file per slice with the per-slice tags that SimpleITK's "DICOM series from array" example
-writes (position, orientation, instance number); the float voxels are stored as int32 with a
-rescale slope of 0.001, so the read values are the NIfTI's within half that. They live in
-pytest's temporary folders only.
+The DICOM series are made from real NIfTI cases (``dicom_series.write_series``) in pytest's
+temporary folders only.
 """
 
 from __future__ import annotations
@@ -23,42 +20,9 @@ from EfficientSegmentationCommon.scene import create_scene, load_volume
 from EfficientSegmentationCommon.volume_arrays import array_from_volume
 from EfficientSegmentationWeb.dicom_zip import read_dicom_zip
 from EfficientSegmentationWeb.session import SegmentationSession
+from dicom_series import RESCALE_SLOPE, write_series, zip_folder
 
 CASE = "hippocampus_006"
-RESCALE_SLOPE = 0.001
-UID_ROOT = "1.2.826.0.1.3680043.2.1125.1"  # the SimpleITK example's root, for test series only
-
-
-def write_series(image: sitk.Image, folder: Path, series: int, description: str, slices=None) -> None:
-    """``image`` as a DICOM series (one file per slice) in ``folder``; ``slices``: which K indices."""
-    folder.mkdir(parents=True, exist_ok=True)
-    d = image.GetDirection()
-    tags = [("0008|0008", "DERIVED\\SECONDARY"), ("0008|0060", "MR"), ("0008|103e", description),
-            ("0020|000d", f"{UID_ROOT}.{series}"), ("0020|000e", f"{UID_ROOT}.{series}.1"),
-            ("0020|0037", "\\".join(f"{v:.10g}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))),
-            ("0018|0050", f"{image.GetSpacing()[2]:.10g}"),
-            ("0028|1053", str(RESCALE_SLOPE)), ("0028|1052", "0"),  # real values = stored x 0.001
-            ("0028|0100", "32"), ("0028|0101", "32"), ("0028|0102", "31"), ("0028|0103", "1")]
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for index in (range(image.GetDepth()) if slices is None else slices):
-        plane = image[:, :, index]
-        for tag, value in tags:
-            plane.SetMetaData(tag, value)
-        position = image.TransformIndexToPhysicalPoint((0, 0, index))
-        plane.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
-        plane.SetMetaData("0020|0013", str(index + 1))
-        plane.SetMetaData("0008|0018", f"{UID_ROOT}.{series}.1.{index + 1}")
-        writer.SetFileName(str(folder / f"slice{index:04d}.dcm"))
-        writer.Execute(plane)
-
-
-def zip_folder(folder: Path, target: Path, prefix: str = "") -> Path:
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, prefix + path.relative_to(folder).as_posix())
-    return target
 
 
 def oblique_copy(nifti: Path, target: Path) -> Path:

@@ -6,6 +6,8 @@ real data, and run wherever the project's core dependencies are installed.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import nibabel as nib
 import pytest
@@ -101,3 +103,78 @@ def test_page_values_become_the_methods_settings(session):
         settings_from_page(mednca, dict(values, runs=0))
     with pytest.raises(ValueError, match="resolution must be a number"):
         settings_from_page(ossnet, dict(values, resolution=""))
+
+
+@pytest.fixture
+def every_preview(monkeypatch):
+    """No throttle on the logic's relay, so frames arrive whatever the machine's speed."""
+    from MedNCASegmentLib import logic as logic_module
+
+    monkeypatch.setattr(logic_module, "PREVIEW_INTERVAL_S", 0.0)
+    monkeypatch.setattr(logic_module, "PREVIEW_SHARE", float("inf"))
+
+
+def _segmentation_ids(scene) -> list[str]:
+    nodes = scene.GetNodesByClass("vtkMRMLSegmentationNode")
+    return [nodes.GetItemAsObject(i).GetID() for i in range(nodes.GetNumberOfItems())]
+
+
+def _poll_until_preview_shown(session, timeout: float = 300.0):
+    """Poll as the page's loop does until the preview node is in the scene; returns it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert session.poll().active, "the run ended before any preview was shown"
+        preview = session.preview
+        if preview is not None and preview.node is not None and session.scene.GetNodeByID(preview.node.GetID()):
+            return preview.node
+        time.sleep(0.05)
+    raise AssertionError("no preview node appeared")
+
+
+def test_live_preview_shows_the_run_and_is_removed_when_it_finishes(session, every_preview):
+    from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels
+
+    image, _ = hippocampus_paths("hippocampus_006")
+    volume = session.load(image)
+    before = _node_ids(session.scene)
+    mednca = session.entry("mednca2d-hippocampus")
+    session.start(mednca, [volume.GetID()], MedNCASettings(model=mednca.id, runs=2, preview=True))
+    session.preview.share = float("inf")  # write every frame the poll finds
+    node = _poll_until_preview_shown(session)
+    assert node.GetName() == f"{volume.GetName()} Med-NCA preview" and not node.GetSaveWithScene()
+    session._job.wait(600)  # the worker is done; the page's next poll writes the result
+    session.preview.show(force=True)  # the last frame the worker handed over
+    shown = export_segmentation_labels(session.scene, node, volume, mednca.segments)
+    assert session.poll() is JobState.FINISHED
+    np.testing.assert_array_equal(shown, session.result.labels)  # the final preview is the result
+    assert session.preview is None and session.scene.GetNodeByID(node.GetID()) is None
+    result = session.result.segmentation
+    displays = {result.GetNthDisplayNode(i).GetID() for i in range(result.GetNumberOfDisplayNodes())}
+    assert set(_node_ids(session.scene)) - set(before) == {result.GetID()} | displays  # nothing of the preview
+
+
+def test_live_preview_is_removed_after_cancel_and_reset(session, every_preview):
+    image, _ = hippocampus_paths("hippocampus_006")
+    volume = session.load(image)
+    before = _node_ids(session.scene)
+    mednca = session.entry("mednca2d-hippocampus")
+    settings = MedNCASettings(model=mednca.id, runs=50, preview=True)
+    session.start(mednca, [volume.GetID()], settings)
+    _poll_until_preview_shown(session)
+    session.cancel()
+    assert session.wait() is JobState.CANCELLED
+    assert session.preview is None and _node_ids(session.scene) == before and session.result is None
+    session.start(mednca, [volume.GetID()], settings)  # abandoned mid-run: the user closes the page
+    _poll_until_preview_shown(session)
+    session.reset()
+    assert session.preview is None and _segmentation_ids(session.scene) == [] and not session.volumes
+
+
+def test_no_preview_unless_the_settings_ask(session):
+    image, _ = hippocampus_paths("hippocampus_006")
+    volume = session.load(image)
+    mednca = session.entry("mednca2d-hippocampus")
+    session.start(mednca, [volume.GetID()], MedNCASettings(model=mednca.id, runs=1))
+    assert session.preview is None
+    assert session.wait() is JobState.FINISHED and _segmentation_ids(session.scene) == [
+        session.result.segmentation.GetID()]

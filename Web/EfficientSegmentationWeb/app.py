@@ -29,8 +29,9 @@ from MedNCASegmentLib.settings import MedNCASettings
 from OSSNetSegmentLib.settings import OSSNetSettings
 from EfficientSegmentationCommon.background import JobState
 
-from .session import (DOWNLOAD_FORMATS, SegmentationSession, list_data_files, page_defaults, settings_from_page,
-                      slider_range)
+from .dicom_zip import MAX_UNPACKED_BYTES
+from .session import (DOWNLOAD_FORMATS, SegmentationSession, list_data_files, page_defaults, setting_help,
+                      settings_from_page, slider_range)
 
 try:
     from trame.app import TrameApp
@@ -55,7 +56,7 @@ BUSY_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>Efficient
 <p>It serves one person at a time, so that nobody sees another's images. This page tries again every
 15 seconds; it opens as soon as the other person closes their page.</p></body></html>"""
 VIEW_LAYOUT = "Quad View"
-SETTING_KEYS = ("runs", "trained_steps", "global_steps", "refinement_steps", "resolution")  # see settings_from_page
+SETTING_KEYS = ("runs", "trained_steps", "global_steps", "refinement_steps", "preview", "resolution")  # see settings_from_page
 
 
 class SessionGate:
@@ -116,7 +117,7 @@ class SegmentationWebApp(TrameApp):
         state.data_file = None
         state.update(page_defaults())
         state.volume_items, state.input_0, state.input_1 = [], None, None
-        state.load_message, state.loading = "", False
+        state.load_message, state.load_note, state.loading = "", "", False
         state.segments, state.has_result, state.download_names = [], False, {}
         self._model_changed()
         self._sync_panel()
@@ -206,17 +207,19 @@ class SegmentationWebApp(TrameApp):
 
     def _load_paths(self, named_paths) -> None:
         """Load files, all or none: a bad file leaves the scene and the lists as they were."""
-        self.state.load_message = ""
-        loaded = []
+        self.state.load_message, self.state.load_note = "", ""
+        loaded, notes = [], []
         try:
             for path, name in named_paths:
                 loaded.append(self.session.load(path, name))
+                notes.append(self.session.load_note)
         except InputVolumeError as error:
             for node in loaded:
                 self.session.volumes.pop(node.GetID(), None)
                 self.slicer_app.scene.RemoveNode(node)
             self.state.load_message = str(error)
             return
+        self.state.load_note = "\n".join(note for note in notes if note)
         if loaded:
             self._volumes_loaded(loaded)
 
@@ -229,6 +232,7 @@ class SegmentationWebApp(TrameApp):
             self._load_paths([(path, None) for path in paths])
             # name the user's file, not the server's temporary folder
             self.state.load_message = self.state.load_message.replace(f"{folder}{os.sep}", "")
+            self.state.load_note = self.state.load_note.replace(f"{folder}{os.sep}", "")
 
     def load_data_file(self) -> None:
         """The picked server-side file (only names listed from --data are accepted)."""
@@ -326,15 +330,19 @@ class SegmentationWebApp(TrameApp):
             self.ui = layout
             layout.title.set_text("EfficientSegmentation: AI segmentation on a CPU")
             with layout.drawer, html.Div(classes="pa-3 d-flex flex-column ga-2"):
-                html.Div("1. Load a volume (NIfTI or NRRD)", classes="text-subtitle-2")
-                v3.VFileInput(id="upload", label="Upload image files", multiple=True, density="compact",
-                              accept=".nii,.gz,.nrrd,.nhdr,.mha,.mhd", disabled=("running",), hide_details=True,
-                              change=f"trigger('{upload}', [$event.target.files])")
+                html.Div("1. Load a volume (NIfTI, NRRD or a zipped DICOM series)", classes="text-subtitle-2")
+                v3.VFileInput(id="upload", label="Upload image files or a DICOM .zip", multiple=True,
+                              density="compact", accept=".nii,.gz,.nrrd,.nhdr,.mha,.mhd,.zip", disabled=("running",),
+                              hide_details=True, change=f"trigger('{upload}', [$event.target.files])",
+                              title=f"A .zip holds one DICOM series, one file per slice, at most "
+                                    f"{MAX_UNPACKED_BYTES / 1024 ** 3:g} GiB unpacked")
                 with html.Div(v_if="data_files.length", classes="d-flex ga-1"):
                     v3.VSelect(id="data-file", label="Or pick a file of this server", items=("data_files",),
                                v_model=("data_file",), density="compact", hide_details=True, disabled=("running",))
                     v3.VBtn("Load", id="load-data-file", click=self.load_data_file, disabled=("running || !data_file",))
                 v3.VAlert(id="load-message", v_if="load_message", type="error", density="compact", text=("load_message",))
+                v3.VAlert(id="load-note", v_if="load_note", type="info", density="compact", text=("load_note",),
+                          variant="tonal")
                 html.Div("2. Model and inputs", classes="text-subtitle-2 mt-2")
                 v3.VSelect(id="model", label="Model", items=("model_items",), v_model=("model_id",), density="compact",
                            hide_details=True, disabled=("!settings_enabled",))
@@ -354,6 +362,9 @@ class SegmentationWebApp(TrameApp):
                     with html.Div(v_if="!trained_steps"):
                         self._slider(MedNCASettings, "global_steps", "Global steps", 1)
                         self._slider(MedNCASettings, "refinement_steps", "Refinement steps", 1)
+                    v3.VCheckbox(id="preview", label="Live preview (watch the segmentation grow)",
+                                 v_model=("preview",), title=setting_help(MedNCASettings, "preview"),
+                                 density="compact", hide_details=True, disabled=("!settings_enabled",))
                 with html.Div(v_if="method == 'ossnet'"):
                     self._slider(OSSNetSettings, "resolution", "Output resolution (x the input's)", 0.25)
                     html.Div("{{ resolution_text }}", id="resolution-text", classes="text-caption")

@@ -35,11 +35,11 @@ from .session import (DOWNLOAD_FORMATS, SegmentationSession, list_data_files, pa
 
 try:
     from trame.app import TrameApp
+    from trame.app.file_upload import ClientFile
     from trame.widgets import html
     from trame_client.widgets.core import AbstractElement
     from trame_slicer.core import LayoutManager, SlicerApp
     from trame_slicer.rca_view import register_rca_factories
-    from trame_slicer.utils import write_client_files_to_dir
     from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
     from trame_vuetify.widgets import vuetify3 as v3
 except ImportError as _error:  # the optional [web] dependencies
@@ -228,11 +228,21 @@ class SegmentationWebApp(TrameApp):
         if not files or self.session.panel.active:
             return
         with tempfile.TemporaryDirectory() as folder:
-            paths = write_client_files_to_dir(files if isinstance(files, list) else [files], folder)
+            paths = []
+            for index, file in enumerate(files if isinstance(files, list) else [files]):
+                upload = ClientFile(file)
+                # The file's own name only: a name with folders (a crafted request) cannot leave the folder.
+                name = Path(upload.name).name or f"upload_{index}"
+                path = Path(folder) / f"{index}" / name
+                path.parent.mkdir()
+                path.write_bytes(upload.content)
+                paths.append(path)
             self._load_paths([(path, None) for path in paths])
             # name the user's file, not the server's temporary folder
-            self.state.load_message = self.state.load_message.replace(f"{folder}{os.sep}", "")
-            self.state.load_note = self.state.load_note.replace(f"{folder}{os.sep}", "")
+            for index in range(len(paths)):
+                prefix = f"{folder}{os.sep}{index}{os.sep}"
+                self.state.load_message = self.state.load_message.replace(prefix, "")
+                self.state.load_note = self.state.load_note.replace(prefix, "")
 
     def load_data_file(self) -> None:
         """The picked server-side file (only names listed from --data are accepted)."""

@@ -139,7 +139,7 @@ def test_live_preview_shows_the_run_and_is_removed_when_it_finishes(session, eve
     before = _node_ids(session.scene)
     mednca = session.entry("mednca2d-hippocampus")
     session.start(mednca, [volume.GetID()], MedNCASettings(model=mednca.id, runs=2, preview=True))
-    session.preview.share = float("inf")  # write every frame the poll finds
+    session.preview.share, session.preview_interval = float("inf"), 0.0  # write every frame the poll finds
     node = _poll_until_preview_shown(session)
     assert node.GetName() == f"{volume.GetName()} Med-NCA preview" and not node.GetSaveWithScene()
     session._job.wait(600)  # the worker is done; the page's next poll writes the result

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -61,6 +62,10 @@ COMPUTE_SHARE = 0.9
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_ZIP_SUFFIX = ".zip"  # an upload with this suffix is a zipped DICOM series
 DOWNLOAD_FORMATS = ("seg.nrrd", "nii.gz")
+# At most one preview frame this often: each frame is rendered in the page's four views on the
+# server's CPU (software OpenGL) and sent to the browser, about 0.5 s of CPU per frame on the
+# project's 2-core machine (Testing/Benchmarks/web_preview_benchmark.py).
+PREVIEW_FRAME_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,8 @@ class SegmentationSession:
         self.reference_volume = None
         self.load_note = ""  # what the last load wants the user to know (e.g. which DICOM series)
         self.preview: LivePreview | None = None  # the running Med-NCA job's live preview, if it has one
+        self.preview_interval = PREVIEW_FRAME_INTERVAL_S
+        self._preview_shown_at = -float("inf")
         self._job = BackgroundJob()
         self._prepared = None  # (logic, job) of the running computation
 
@@ -208,6 +215,7 @@ class SegmentationSession:
             return
         self._prepared = (logic, job, entry, settings)
         self.preview = self._create_preview(entry, job)
+        self._preview_shown_at = -float("inf")
         callbacks = {} if self.preview is None else {"previewCallback": self.preview.put}
         self._job.start(lambda progress, cancel: logic.compute(job, scaled(progress, 0.0, COMPUTE_SHARE), cancel,
                                                                **callbacks))
@@ -250,9 +258,11 @@ class SegmentationSession:
         elif not self.panel.active:  # cancelled or failed
             self._prepared = None
             self._remove_preview()
-        elif self.preview is not None and status.state is JobState.RUNNING:
+        elif (self.preview is not None and status.state is JobState.RUNNING
+              and time.monotonic() - self._preview_shown_at >= self.preview_interval):
             try:
-                self.preview.show()
+                if self.preview.show():
+                    self._preview_shown_at = time.monotonic()
             except Exception:  # a preview must never stop the run
                 LOG.error("the live preview could not be shown:\n%s", traceback.format_exc())
         return self.panel.state

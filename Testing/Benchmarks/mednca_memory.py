@@ -14,14 +14,16 @@ fast inference path), each in fresh processes, in the same run:
   ``brats_2013_pat0001_1`` zoomed linearly to each shape, 1 mm voxels, written as NIfTI. The
   peak is the child's ``ru_maxrss`` (``os.wait4``), so it includes Python, torch, slicer-core,
   loading the file and writing the ``.seg.nrrd``. One run: the fast path's accumulators do not
-  grow with the number of runs (the per-run path's did not either).
+  grow with the number of runs (the per-run path's did not either). The model's own steps: fewer
+  steps would save time but change the result, and a large noisy result costs far more memory
+  when it is written (Slicer's closed-surface representation) than the automaton does.
 - **A long session**: one process segments :data:`RETENTION_SHAPES`-sized crops of the same
-  FLAIR, ``--retention-runs`` of them in a fixed random order (seed 2026), through the logic API
-  (``MedNCASegmentLogic.segment``, one run each, the result node removed after each), and
-  records its RSS (``/proc/self/statm``) after every run: what Slicer or the web app holds.
+  FLAIR (each mostly inside the head), ``--retention-runs`` of them in a fixed random order
+  (seed 2026), through the logic API (``MedNCASegmentLogic.segment``, one run each, the
+  result node removed after each), and records its RSS (``/proc/self/statm``) after every run: what Slicer or the web app holds.
 
 A fitted line (least squares over the sizes) gives the fixed and per-voxel cost of each
-version, the figures behind ``MedNCASegmentLib.memory_model``. Times are printed for
+version, the figures behind ``MedNCASegmentLib.input_size.BYTES_PER_VOXEL``. Times are printed for
 orientation only: other processes on the machine change them.
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -109,9 +112,12 @@ def session_worker(count: int, threads: int) -> dict:
     rng = np.random.default_rng(2026)
     rss, seconds, shapes = [rss_mib()], [], []
     for _ in range(count):
-        shape = [int(rng.integers(low, high + 1)) for low, high in RETENTION_SHAPES]
-        corner = [int(rng.integers(0, n - s + 1)) for n, s in zip(array.shape, shape, strict=True)]
-        crop = array[tuple(slice(c, c + s) for c, s in zip(corner, shape, strict=True))]
+        while True:  # a crop mostly inside the head (a crop of background is refused as constant)
+            shape = [int(rng.integers(low, high + 1)) for low, high in RETENTION_SHAPES]
+            corner = [int(rng.integers(0, n - s + 1)) for n, s in zip(array.shape, shape, strict=True)]
+            crop = array[tuple(slice(c, c + s) for c, s in zip(corner, shape, strict=True))]
+            if (crop > array.min()).mean() > 0.5:
+                break
         volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "crop")
         volume.SetSpacing(flair.GetSpacing())
         util.updateVolumeFromArray(volume, np.ascontiguousarray(crop))
@@ -133,7 +139,7 @@ def measure(checkout: Path, label: str, volumes: dict[str, Path], threads: int, 
     environment = {**os.environ, "PYTHONPATH": _paths(checkout), "OMP_NUM_THREADS": str(threads)}
     help_text = subprocess.run([sys.executable, "-m", "MedNCASegmentLib.cli", "--help"], env=environment,
                                capture_output=True, text=True).stdout
-    mode = ["--mode", "crop"] if "--mode" in help_text else []
+    mode = ["--mode", "crop"] if re.search(r"--mode\b", help_text) else []  # not "--model"
     sizes = {}
     for name, path in volumes.items():
         out = work / f"{label}_{name.replace('^', '')}"

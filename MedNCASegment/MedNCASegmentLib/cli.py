@@ -46,7 +46,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", choices=batch.FORMATS, default="seg.nrrd",
                         help="seg.nrrd: a Slicer segmentation; nii.gz: a label map with the model card's label values "
                              "on the input's grid (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=batch.thread_count, default=None,
+                        help="CPU threads for torch (default: torch's choice)")
     return parser.parse_args(argv)
 
 
@@ -69,10 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, str]] = []
 
     def process(path: str) -> batch.BatchOutcome:
-        volume = load_volume(scene, path, names[path])
         row = {"input": path, "status": "failed", "mode": ""}
-        rows.append(row)
+        rows.append(row)  # before loading: an input that cannot be read has its row too
         try:
+            volume = load_volume(scene, path, names[path])
             roi = manual_roi(scene, args.roi) if args.roi else None
             result = logic.segment(volume, settings, roi=roi, progressCallback=batch.ProgressBar(volume.GetName()))
             written = batch.write_result(result, batch.output_path(args.output_dir, volume.GetName(), args.format),

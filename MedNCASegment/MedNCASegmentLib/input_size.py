@@ -77,6 +77,6 @@ def check_memory(voxels: int, name: str, available: int | None = None) -> None:
     if available is None or needed <= available:
         return
     raise InputVolumeError(
-        f"Input {name} has {voxels / 1e6:,.0f} million voxels: segmenting it needs about {format_bytes(needed)} "
+        f"Input {name} has {voxels / 1e6:,.1f} million voxels: segmenting it needs about {format_bytes(needed)} "
         f"of memory and {format_bytes(available)} is available. Draw an ROI box around the hippocampus "
         "(or use whole-head mode, which segments two small boxes), or close other programs.")

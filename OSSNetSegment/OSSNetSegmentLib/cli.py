@@ -42,7 +42,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", choices=batch.FORMATS, default="seg.nrrd",
                         help="seg.nrrd: a Slicer segmentation; nii.gz: a label map with the model card's label values "
                              "on the result's grid (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=batch.thread_count, default=None,
+                        help="CPU threads for torch (default: torch's choice)")
     return parser.parse_args(argv)
 
 

@@ -6,6 +6,8 @@ LPS and left-handed (LAS), and the Med-NCA hippocampus model.
 
 from __future__ import annotations
 
+import os
+
 import nibabel
 import numpy as np
 import pytest
@@ -207,11 +209,23 @@ def test_cli_manual_roi_and_volumes_csv(tmp_path, capsys):
     outside = np.ones(written.shape, bool)
     outside[2:33, 5:46, 2:33] = False  # the voxels whose centres lie in the 30 x 40 x 30 mm box (I, J, K)
     assert not written[outside].any()
+    umask = os.umask(0)
+    os.umask(umask)  # the label map gets the permissions of any new file, not mkstemp's private 0600
+    assert (tmp_path / "out" / "hippocampus_001.nii.gz").stat().st_mode & 0o777 == 0o666 & ~umask
 
-    status = cli.main([str(image), "-o", str(tmp_path / "head"), "--mode", "head", "--volumes", str(table)])
+    missing = tmp_path / "missing.nii.gz"
+    status = cli.main([str(image), str(missing), "-o", str(tmp_path / "head"), "--mode", "head",
+                       "--volumes", str(table)])
     printed = capsys.readouterr().out
     assert status == 1 and "too small" in printed and "--roi" in printed
-    (row,) = list(csv.DictReader(table.open()))
-    assert row["status"] == "failed" and not (tmp_path / "head").exists()
+    rows = list(csv.DictReader(table.open()))  # one row per input, the unreadable one too
+    assert [(r["input"], r["status"]) for r in rows] == [(str(image), "failed"), (str(missing), "failed")]
+    assert not (tmp_path / "head").exists()
     with pytest.raises(SystemExit):
         cli.parse_args([str(image), "-o", str(tmp_path), "--mode", "both"])
+    for threads in ("0", "-1", "two"):
+        with pytest.raises(SystemExit):
+            cli.parse_args([str(image), "-o", str(tmp_path), "--threads", threads])
+    # An output "folder" that is a file is refused before any input is segmented.
+    assert cli.main([str(image), "-o", str(table), "--runs", "1"]) == 2
+    assert "is a file" in capsys.readouterr().err

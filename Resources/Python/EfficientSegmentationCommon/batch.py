@@ -6,6 +6,7 @@ with the file name, and the command exits non-zero at the end if any input faile
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import sys
@@ -22,6 +23,17 @@ from .torch_setup import check_device
 FORMATS = ("seg.nrrd", "nii.gz")
 
 
+def thread_count(text: str) -> int:
+    """``--threads``: a positive number of CPU threads (argparse type; a clear error otherwise)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of CPU threads, not {text!r}")
+    return count
+
+
 @dataclass
 class CommandSession:
     """What a command sets up before its inputs: a headless scene, the method's logic, the run's
@@ -36,7 +48,10 @@ class CommandSession:
 def start_command(arguments, logic_class: type, settings_class: type) -> CommandSession:
     """Set torch's threads (``--threads``), make the scene and logic, read the settings from the
     flags, check the device and find the model. Raises ValueError (ModelError included) naming a
-    bad setting, device or model, before any input is read."""
+    bad setting, device or model, or an output folder that is a file, before any input is read."""
+    output_dir = getattr(arguments, "output_dir", None)
+    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f"the output folder {output_dir} is a file; give a folder (-o), new or existing")
     if getattr(arguments, "threads", None):
         import torch
 

@@ -367,6 +367,10 @@ def save_labels_nifti(labels_kji: np.ndarray, geometry: VolumeGeometry, path: st
     os.close(handle)
     try:
         nibabel.save(image, temporary)
+        # mkstemp makes the file private (0600); give it the permissions any new file gets (umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except Exception as error:
         if os.path.exists(temporary):

@@ -213,6 +213,34 @@ def test_a_volume_larger_than_the_available_memory_is_refused_up_front(monkeypat
     assert logic.prepare(volume, MedNCASettings(runs=1, mode="crop")).image.shape == (155, 240, 240)
 
 
+def test_available_memory_respects_a_container_limit(tmp_path):
+    """The memory guard's figure: the system's available memory, capped by a cgroup limit (v2
+    ``memory.max``/``memory.current``, or v1 ``limit_in_bytes``/``usage_in_bytes``) where one is set."""
+    from EfficientSegmentationCommon import memory
+
+    system = memory.available_memory_bytes()
+    assert system is not None and 0 < system <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(str(1 << 62))  # v1's "no limit"
+    (v1 / "memory.usage_in_bytes").write_text("5")
+    assert memory._cgroup_room(str(tmp_path / "v1")) is None
+    (v1 / "memory.limit_in_bytes").write_text("2000000000\n")
+    (v1 / "memory.usage_in_bytes").write_text("500000000\n")
+    assert memory._cgroup_room(str(tmp_path / "v1")) == 1_500_000_000
+    group = ""
+    with open("/proc/self/cgroup") as cgroup:
+        group = next((line.strip().split("::", 1)[1] for line in cgroup if line.startswith("0::")), "/")
+    v2 = tmp_path / "v2" / group.lstrip("/")
+    v2.mkdir(parents=True, exist_ok=True)
+    (v2 / "memory.max").write_text("max\n")
+    (v2 / "memory.current").write_text("1")
+    assert memory._cgroup_room(str(tmp_path / "v2")) is None
+    (v2 / "memory.max").write_text("1000000000\n")
+    (v2 / "memory.current").write_text("999999999000\n")  # over the limit: no room, not negative
+    assert memory._cgroup_room(str(tmp_path / "v2")) == 0
+
+
 @pytest.fixture(scope="module")
 def ossnet_registry():
     weights = Path(ossnet_cli.__file__).resolve().parents[1] / "Resources" / "Models" / "ossnet_brats_wholetumour.pt"

@@ -51,9 +51,22 @@ def available_memory_bytes() -> int | None:
     """Memory (bytes) the system can give a new allocation without swapping, or None where unknown.
 
     Linux: ``MemAvailable`` of ``/proc/meminfo`` (the kernel's estimate, page cache that can be
-    dropped included); other systems: free physical pages (``os.sysconf``) where offered, which
+    dropped included), and no more than a container's own limit allows (cgroup v2
+    ``memory.max`` minus ``memory.current``; Docker and Kubernetes limits, which MemAvailable
+    does not see). Other systems: free physical pages (``os.sysconf``) where offered, which
     undercounts (no page cache); None otherwise, and callers then do not refuse anything.
     """
+    available = _meminfo_available()
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    room = _cgroup_room()
+    return available if room is None else min(available, room)
+
+
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -61,10 +74,35 @@ def available_memory_bytes() -> int | None:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def _cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes left under this process's cgroup memory limit, or None without a limit (or cgroups).
+
+    cgroup v2: ``memory.max`` and ``memory.current`` of the process's group; cgroup v1 (still
+    common in containers): ``memory/memory.limit_in_bytes`` and ``memory.usage_in_bytes``, where
+    "no limit" is a number near 2**63.
+    """
+    group = "/"
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+        with open("/proc/self/cgroup") as cgroup:
+            group = next((line.strip().split("::", 1)[1] for line in cgroup if line.startswith("0::")), "/")
+    except OSError:
+        pass
+    for limit_name, usage_name, folder in (
+            ("memory.max", "memory.current", os.path.join(root, group.lstrip("/"))),
+            ("memory.limit_in_bytes", "memory.usage_in_bytes", os.path.join(root, "memory"))):
+        try:
+            with open(os.path.join(folder, limit_name)) as limit_file:
+                limit = limit_file.read().strip()
+            if limit == "max" or int(limit) >= 1 << 60:
+                return None
+            with open(os.path.join(folder, usage_name)) as usage_file:
+                return max(0, int(limit) - int(usage_file.read().strip()))
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def format_bytes(count: float) -> str:

@@ -43,7 +43,8 @@ from EfficientSegmentationCommon.torch_setup import check_device
 from EfficientSegmentationCommon.volume_arrays import array_from_volume
 
 from .box_nodes import box_from_roi, box_to_roi
-from .localization import SIDES, HippocampusBox, Localization, choose_mode, template_path
+from .localization import (CROP_MODE_MAX_EXTENT_MM, SIDES, HippocampusBox, Localization, choose_mode,
+                           template_path)
 from .preprocessing import normalize_intensity
 from .settings import MedNCASettings
 from .wholehead import HeadResult, HippocampusVolumes, measure_volumes
@@ -197,6 +198,12 @@ class MedNCASegmentLogic(RegistryLogic):
                              crop, outputSegmentation, notes)
         mode = "head" if boxes is not None else choose_mode(full_geometry, settings.mode)
         if mode == "crop":
+            if choose_mode(full_geometry, "auto") == "head":  # crop forced on a head-sized field of view
+                extent = " x ".join(f"{e:.0f}" for e in np.subtract(*full_geometry.bounds_ras()[::-1]))
+                notes.append(f"Crop mode on {describe_node(inputVolume)}, whose field of view is {extent} mm: the "
+                             f"model segments one hippocampus in a crop under {CROP_MODE_MAX_EXTENT_MM:.0f} mm, so "
+                             "on a larger volume the result may be wrong. Use mode auto or head for a whole head, "
+                             "or an ROI box around one hippocampus.")
             _check_memory(full_geometry, entry, inputVolume)
             return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image), full_geometry, full_geometry,
                              None, outputSegmentation, notes)

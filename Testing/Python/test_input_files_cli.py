@@ -198,7 +198,8 @@ def test_volumes_too_thin_for_med_nca_say_the_minimum_size(shape_kji):
 
 def test_a_volume_larger_than_the_available_memory_is_refused_up_front(monkeypatch):
     """A whole 1 mm brain in crop mode, on a machine said to have 100 MB free: refused in prepare
-    with the estimate and what to do; the scene is as it was; with the memory, it would run."""
+    with the estimate and what to do; the scene is as it was; with the memory, it would run, with
+    a note that crop mode on a whole brain may give a wrong result (an MSD crop gets none)."""
     from MedNCASegmentLib import input_size
 
     logic = MedNCASegmentLogic(create_scene())
@@ -210,7 +211,13 @@ def test_a_volume_larger_than_the_available_memory_is_refused_up_front(monkeypat
         logic.prepare(volume, MedNCASettings(runs=1, mode="crop"))
     assert logic.scene.GetNumberOfNodes() == nodes
     monkeypatch.setattr(input_size, "available_memory_bytes", lambda: 2_000_000_000)
-    assert logic.prepare(volume, MedNCASettings(runs=1, mode="crop")).image.shape == (155, 240, 240)
+    job = logic.prepare(volume, MedNCASettings(runs=1, mode="crop"))
+    assert job.image.shape == (155, 240, 240)
+    # Crop mode forced on a whole brain runs, but says the result may be wrong and what to use.
+    assert any(re.search(r"Crop mode on .*field of view is 240 x 240 x 155 mm.*mode auto or head", note)
+               for note in job.notes), job.notes
+    assert not logic.prepare(load_volume(logic.scene, hippocampus_paths("hippocampus_001")[0]),
+                             MedNCASettings(runs=1, mode="crop")).notes
 
 
 def test_available_memory_respects_a_container_limit(tmp_path):

@@ -202,6 +202,19 @@ def test_cli_reports_a_missing_modality_and_a_wrong_number_of_files(tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_setting_errors_name_the_flags(tmp_path, capsys):
+    """A bad setting given on the command line is named by the flag the user typed, not by the
+    console keyword (``outputSpacing``); nothing is segmented and nothing written."""
+    inputs = [str(CASE_DIR / INPUT_FILES[name]) for name in ("FLAIR", "T1c")]
+    for flags, message in ((["--spacing", "0"], "ossnet-segment: --output-spacing must be one or three positive "
+                                                "values in mm"),
+                           (["--spacing", "2", "--resolution", "2"], "give --resolution or --output-spacing, not both"),
+                           (["--chunk-size", "10"], "--chunk-size must be")):
+        assert cli.main(["--input", *inputs, "-o", str(tmp_path / "out"), *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_writes_the_label_map_on_the_chosen_output_grid(tmp_path, truth, registry, monkeypatch):
     """``--spacing 2``: the label map lies on a 2 mm grid over the same box as the input."""
     monkeypatch.setattr(ModelRegistry, "default", classmethod(lambda cls: registry))

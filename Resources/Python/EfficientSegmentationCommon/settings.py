@@ -145,13 +145,31 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None
 
 
 def settings_from_arguments(settings_class: type, arguments: argparse.Namespace) -> Any:
-    """Settings from the flags :func:`add_arguments` added (options without a flag keep their defaults)."""
+    """Settings from the flags :func:`add_arguments` added (options without a flag keep their defaults).
+
+    Raises ValueError as the settings class does, with each option named by its flag
+    (``--output-spacing``), not by its console keyword (``outputSpacing``): the command's user
+    typed the flag.
+    """
     values = {}
     for field in _fields(settings_class):
         if field.metadata.get(_CLI, False):
             value = getattr(arguments, field.name)
             values[field.name] = tuple(value) if isinstance(value, list) else value
-    return settings_class(**values)
+    try:
+        return settings_class(**values)
+    except ValueError as error:
+        message = str(error)
+        for field in _fields(settings_class):
+            if field.metadata.get(_CLI, False):
+                keyword = camel_case(field.name)
+                # A one-word keyword ("runs", "mode") is also an ordinary word: only where it opens
+                # the message ("runs must be ...") or is one side of a choice ("give resolution or
+                # outputSpacing"); a camelCase one wherever it stands.
+                pattern = rf"\b{keyword}\b" if keyword != field.name else \
+                    rf"^{keyword}\b|\b{keyword}(?= or )|(?<= or ){keyword}\b"
+                message = re.sub(pattern, "--" + field.name.replace("_", "-"), message)
+        raise ValueError(message) from error
 
 
 def parameter_fields(settings_class: type) -> list[tuple[str, type, Any, tuple[float | None, float | None]]]:

@@ -20,7 +20,8 @@ fast inference path), each in fresh processes, in the same run:
 - **A long session**: one process segments :data:`RETENTION_SHAPES`-sized crops of the same
   FLAIR (each mostly inside the head), ``--retention-runs`` of them in a fixed random order
   (seed 2026), through the logic API (``MedNCASegmentLogic.segment``, one run each, the
-  result node removed after each), and records its RSS (``/proc/self/statm``) after every run: what Slicer or the web app holds.
+  result node removed after each), and records its RSS (``measurement.current_mib``) after every
+  run: what Slicer or the web app holds.
 
 A fitted line (least squares over the sizes) gives the fixed and per-voxel cost of each
 version, the figures behind ``MedNCASegmentLib.input_size.BYTES_PER_VOXEL``. Times are printed for
@@ -39,12 +40,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from measurement import current_mib
+from mednca_speed import SIZES  # (K, J, I) voxels, as in the issue: the same sizes as the inference-level table
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DATA = Path(os.environ.get("EFFSEG_DATA", REPO.parent / "shared" / "data"))
 SOURCE = DATA / "BraTS_sample" / "brats_2013_pat0001_1" / "Flair_subtrMeanDivStd.nii.gz"
-# (K, J, I) voxels, as in the issue.
-SIZES = {"128^3": (128, 128, 128), "192^3": (192, 192, 192), "256x256x180": (180, 256, 256)}
 # A volume small enough that the peak is the command's own (imports, model, scene): the
 # baseline that the fitted line's fixed part is compared with.
 STARTUP = ("64x64x16", (16, 64, 64))
@@ -97,11 +99,6 @@ def session_worker(count: int, threads: int) -> dict:
     from MedNCASegmentLib.logic import MedNCASegmentLogic
     from MedNCASegmentLib import settings as settings_module
 
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def rss_mib() -> float:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * page / MIB
-
     scene = create_scene()
     flair = load_volume(scene, str(SOURCE), "flair")
     array = util.arrayFromVolume(flair).copy()
@@ -110,7 +107,7 @@ def session_worker(count: int, threads: int) -> dict:
         keywords["mode"] = "crop"
     logic = MedNCASegmentLogic(scene)
     rng = np.random.default_rng(2026)
-    rss, seconds, shapes = [rss_mib()], [], []
+    rss, seconds, shapes = [current_mib()], [], []
     for _ in range(count):
         while True:  # a crop mostly inside the head (a crop of background is refused as constant)
             shape = [int(rng.integers(low, high + 1)) for low, high in RETENTION_SHAPES]
@@ -129,7 +126,7 @@ def session_worker(count: int, threads: int) -> dict:
             if node is not None:
                 remove(scene, node) if remove else scene.RemoveNode(node)
         del result
-        rss.append(rss_mib())
+        rss.append(current_mib())
         shapes.append(shape)
     return {"rss_mib": rss, "seconds": seconds, "shapes": shapes}
 

@@ -61,7 +61,6 @@ class Sampler:
         # variants[case]: the clean volume, then its copies with artefacts (all normalised).
         self.variants = [[normalize_intensity(image) for image in
                           (c.image, *artefact_copies(c.image, artefact_copies_per_case, seed + index))]
-                         if artefact_copies_per_case else [normalize_intensity(c.image)]
                          for index, c in enumerate(cases)]
         self.labels = [c.labels for c in cases]
         if dims == 2:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from EfficientSegmentationCommon.settings import option, validate
+from EfficientSegmentationCommon.settings import option, option_name, validate
 
 from .resolution import DEFAULT_CHUNK_SIZE
 
@@ -38,7 +38,8 @@ class OSSNetSettings:
         if self.output_spacing is not None:
             spacing = np.atleast_1d(np.asarray(self.output_spacing, dtype=np.float64))
             if spacing.size not in (1, 3) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-                raise ValueError(f"outputSpacing must be one or three positive values in mm, not {self.output_spacing}")
+                raise ValueError(f"{option_name('output_spacing')} must be one or three positive values in mm, "
+                                 f"not {self.output_spacing}")
             if self.resolution != 1.0:
-                raise ValueError("give resolution or outputSpacing, not both")
+                raise ValueError(f"give {option_name('resolution')} or {option_name('output_spacing')}, not both")
             object.__setattr__(self, "output_spacing", tuple(float(s) for s in np.broadcast_to(spacing, (3,))))

@@ -19,10 +19,11 @@ are validated once, in the dataclass's ``__post_init__`` (:func:`validate`).
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # Metadata keys of an option's dataclass field.
@@ -60,6 +61,22 @@ def camel_case(name: str) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
+def flag(name: str) -> str:
+    """``global_steps`` -> ``--global-steps``: the command-line flag of an option."""
+    return "--" + name.replace("_", "-")
+
+
+# How messages name an option: its console keyword, or its flag while settings are made from a
+# command's flags (settings_from_arguments), so that each user reads the name they typed.
+_NAMING: contextvars.ContextVar[Callable[[str], str]] = contextvars.ContextVar("option_naming", default=camel_case)
+
+
+def option_name(name: str) -> str:
+    """The name of option ``name`` (a field name) for an error message: ``outputSpacing``, or
+    ``--output-spacing`` while :func:`settings_from_arguments` builds the settings."""
+    return _NAMING.get()(name)
+
+
 def snake_case(name: str) -> str:
     """``globalSteps`` -> ``global_steps``."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
@@ -83,7 +100,7 @@ def validate(settings: Any) -> None:
         if value is None:
             continue
         kind = _value_type(type(settings), field)
-        name = camel_case(field.name)
+        name = option_name(field.name)
         choices = field.metadata.get(_CHOICES, ())
         if choices and value not in choices:
             raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
@@ -127,7 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None
     for field in _fields(settings_class):
         if not field.metadata.get(_CLI, False):
             continue
-        flags = ("--" + field.name.replace("_", "-"), *field.metadata.get(_ALIASES, ()))
+        flags = (flag(field.name), *field.metadata.get(_ALIASES, ()))
         kind = _value_type(settings_class, field)
         help_text = field.metadata[_HELP]
         if field.metadata.get(_TRAINED):
@@ -156,20 +173,11 @@ def settings_from_arguments(settings_class: type, arguments: argparse.Namespace)
         if field.metadata.get(_CLI, False):
             value = getattr(arguments, field.name)
             values[field.name] = tuple(value) if isinstance(value, list) else value
+    naming = _NAMING.set(flag)
     try:
         return settings_class(**values)
-    except ValueError as error:
-        message = str(error)
-        for field in _fields(settings_class):
-            if field.metadata.get(_CLI, False):
-                keyword = camel_case(field.name)
-                # A one-word keyword ("runs", "mode") is also an ordinary word: only where it opens
-                # the message ("runs must be ...") or is one side of a choice ("give resolution or
-                # outputSpacing"); a camelCase one wherever it stands.
-                pattern = rf"\b{keyword}\b" if keyword != field.name else \
-                    rf"^{keyword}\b|\b{keyword}(?= or )|(?<= or ){keyword}\b"
-                message = re.sub(pattern, "--" + field.name.replace("_", "-"), message)
-        raise ValueError(message) from error
+    finally:
+        _NAMING.reset(naming)
 
 
 def parameter_fields(settings_class: type) -> list[tuple[str, type, Any, tuple[float | None, float | None]]]:

@@ -31,7 +31,7 @@ arrays are KJI, and :func:`file_order_labels` converts between the two.
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -363,14 +363,13 @@ def save_labels_nifti(labels_kji: np.ndarray, geometry: VolumeGeometry, path: st
     image.header.set_xyzt_units("mm", "sec")
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(suffix=".nii.gz" if path.endswith(".gz") else ".nii", dir=folder)
-    os.close(handle)
+    # Written beside the target under a unique hidden name, then renamed over it: a failed write
+    # leaves no half file. nibabel creates it as any new file (the user's umask applies; mkstemp
+    # would make it private, and changing the process-wide umask to read it is not thread-safe).
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}"
+                                     + (".nii.gz" if path.endswith(".gz") else ".nii"))
     try:
         nibabel.save(image, temporary)
-        # mkstemp makes the file private (0600); give it the permissions any new file gets (umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except Exception as error:
         if os.path.exists(temporary):

@@ -13,7 +13,8 @@ Recipe (measured choices; the model card records the exact values):
 - stage 2 trains on a random patch that lies on the structure most of the time;
 - augmentation for shifts, flips, rotation, scale, contrast, bias field and noise; with
   ``--artefact-copies N``, N copies of each training volume with a random MRI artefact (motion,
-  thick slices, blur, spike, ghosting; torchio), drawn instead of the clean volume half the time;
+  thick slices, blur, spike, ghosting; torchio), drawn instead of the clean volume for a share
+  ``--artefact-share`` of the samples (default half);
 - ``--init WEIGHTS`` starts from trained weights (fine-tuning) instead of a random automaton;
 - Adam with warm-up and cosine decay, gradient clipping (the automaton's recurrence makes
   gradients spiky); loss BCE + soft Dice per class.
@@ -56,8 +57,10 @@ class Sampler:
     """
 
     def __init__(self, cases: list[Case], dims: int, canvas: tuple[int, ...], context: int,
-                 rng: np.random.Generator, artefact_copies_per_case: int = 0, seed: int = 0) -> None:
+                 rng: np.random.Generator, artefact_copies_per_case: int = 0, seed: int = 0,
+                 artefact_share: float = 0.5) -> None:
         self.dims, self.canvas, self.rng = dims, canvas, rng
+        self.artefact_share = artefact_share
         # variants[case]: the clean volume, then its copies with artefacts (all normalised).
         self.variants = [[normalize_intensity(image) for image in
                           (c.image, *artefact_copies(c.image, artefact_copies_per_case, seed + index))]
@@ -87,9 +90,10 @@ class Sampler:
         return out_image, out_labels
 
     def _variant(self, case: int) -> int:
-        """0 (the clean volume), or, half the time when there are copies with artefacts, one of them."""
+        """0 (the clean volume), or, with probability ``artefact_share`` when there are copies with
+        artefacts, one of them."""
         copies = len(self.variants[case]) - 1
-        if not copies or self.rng.random() < 0.5:
+        if not copies or self.rng.random() < 1.0 - self.artefact_share:
             return 0
         return 1 + int(self.rng.integers(copies))
 
@@ -177,6 +181,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="start from these trained weights (fine-tuning; their configuration is kept)")
     parser.add_argument("--artefact-copies", type=int, default=0,
                         help="copies of each training volume with a random MRI artefact (needs torchio)")
+    parser.add_argument("--artefact-share", type=float, default=0.5,
+                        help="fraction of training samples drawn from a copy with an artefact")
     parser.add_argument("--channels", type=int, default=None)
     parser.add_argument("--hidden", type=int, default=None)
     parser.add_argument("--global-steps", type=int, default=None)
@@ -223,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     validation_cases = [load_case(args.data, i) for i in split["validation"]]
     canvas = (64, 48) if args.dims == 2 else (48, 64, 48)
     sampler = Sampler(train_cases, args.dims, canvas, (config.input_channels - 1) // 2, rng,
-                      args.artefact_copies, args.seed)
+                      args.artefact_copies, args.seed, args.artefact_share)
     print(f"{len(train_cases)} training and {len(validation_cases)} validation cases; "
           f"{model.parameter_count} parameters; config {config.to_dict()}", flush=True)
 

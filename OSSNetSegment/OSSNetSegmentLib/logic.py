@@ -231,7 +231,8 @@ class OSSNetSegmentLogic(RegistryLogic):
         with SceneTransaction(self.scene, protect=[output] if output is not None else []):
             name = output.GetName() if output is not None else f"{reference.GetName()} OSS-Net"
             node = write_labels_to_segmentation(self.scene, computed.labels, computed.geometry, reference,
-                                                job.entry.segments, output=output, name=name)
+                                                job.entry.segments, output=output, name=name,
+                                                closed_surface=self.closed_surface)
             spacing = " ".join(f"{s:.4g}" for s in computed.geometry.spacing)
             for key, value in (("Model", job.entry.id), ("DecodedFraction", f"{computed.decoded_fraction:.5f}"),
                                ("DecodedPoints", str(computed.decoded_points)),

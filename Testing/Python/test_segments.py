@@ -42,6 +42,25 @@ def test_names_and_colours_as_declared(scene, hippocampus):
     assert node.GetSegmentation().ContainsRepresentation(slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName())
 
 
+def test_batch_commands_skip_the_closed_surface_and_keep_the_labels(scene, hippocampus, tmp_path):
+    """The commands' logic builds no closed surface (their files do not hold one); the saved
+    .seg.nrrd reads back to the same labels as with it."""
+    from EfficientSegmentationCommon import batch
+    from MedNCASegmentLib.cli import parse_args
+    from MedNCASegmentLib.logic import MedNCASegmentLogic
+    from MedNCASegmentLib.settings import MedNCASettings
+
+    arguments = parse_args(["input.nii.gz", "-o", str(tmp_path)])  # start_command reads no input
+    session = batch.start_command(arguments, MedNCASegmentLogic, MedNCASettings)
+    assert session.logic.closed_surface is False and MedNCASegmentLogic(scene).closed_surface is True
+    node = write_labels_to_segmentation(scene, hippocampus.labels, hippocampus.geometry, hippocampus.volume,
+                                        HIPPOCAMPUS_SEGMENTS, closed_surface=False)
+    surface = slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()
+    assert not node.GetSegmentation().ContainsRepresentation(surface)
+    exported = export_segmentation_labels(scene, node, hippocampus.volume, HIPPOCAMPUS_SEGMENTS)
+    assert np.array_equal(exported, hippocampus.labels)
+
+
 def test_declared_segment_without_voxels_still_exists(scene, hippocampus):
     anterior_only = np.where(hippocampus.labels == 2, 0, hippocampus.labels)
     node = write_labels_to_segmentation(

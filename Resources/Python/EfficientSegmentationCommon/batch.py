@@ -57,7 +57,7 @@ def start_command(arguments, logic_class: type, settings_class: type) -> Command
 
         torch.set_num_threads(arguments.threads)
     scene = create_scene()
-    logic = logic_class(scene)
+    logic = logic_class(scene, closed_surface=False)  # files only: no 3D view to show
     for warning in logic.registry.warnings:  # a broken user registry: its models are skipped
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     settings = settings_from_arguments(settings_class, arguments)

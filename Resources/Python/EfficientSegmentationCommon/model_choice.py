@@ -25,10 +25,13 @@ class RegistryLogic:
     METHOD = ""
     METHOD_TITLE = ""
 
-    def __init__(self, scene=None, registry: ModelRegistry | None = None) -> None:
+    def __init__(self, scene=None, registry: ModelRegistry | None = None, closed_surface: bool = True) -> None:
+        """``closed_surface``: results get Slicer's closed surface (the 3D view); the commands,
+        which only save files, turn it off (``segmentation_output.write_labels_to_segmentation``)."""
         from .scene import create_scene
 
         self.scene = scene if scene is not None else create_scene()
+        self.closed_surface = closed_surface
         self.registry = registry if registry is not None else ModelRegistry.default()
         self._loaded: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()  # the panel loads on the main thread, batch code anywhere

@@ -40,6 +40,7 @@ def write_labels_to_segmentation(
     segments: Sequence[SegmentSpec],
     output=None,
     name: str | None = None,
+    closed_surface: bool = True,
 ):
     """Put a label map (KJI, on ``geometry``) into a segmentation node and return the node.
 
@@ -50,6 +51,10 @@ def write_labels_to_segmentation(
     are an error, since they would otherwise vanish silently. When ``output`` is given its
     segments are replaced, else a new node named ``name`` (default: after the reference
     volume) is added beside ``reference_volume`` in the subject hierarchy.
+
+    ``closed_surface`` builds Slicer's closed surface representation, which the 3D view shows.
+    Files saved from the node (``.seg.nrrd``) do not hold it, so headless batch runs skip it: on a
+    large or fragmented result it costs seconds and hundreds of bytes per voxel.
     """
     labels = np.asarray(labels_kji)
     if labels.shape != geometry.shape_kji:
@@ -86,7 +91,8 @@ def write_labels_to_segmentation(
     finally:
         scene.RemoveNode(labelmap)
 
-    output.CreateClosedSurfaceRepresentation()
+    if closed_surface:
+        output.CreateClosedSurfaceRepresentation()
     _place_beside(scene, output, reference_volume)
     return output
 

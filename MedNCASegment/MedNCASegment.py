@@ -67,8 +67,8 @@ class MedNCASegment(ScriptedLoadableModule):
             "right boxes, which you can adjust and segment again) and segmented, and their volumes are "
             "shown; a crop around one hippocampus, or an ROI, is segmented as one hippocampus. The button "
             "turns into Cancel while the model runs, and Slicer stays usable. After the run, the quality "
-            "score (NQM) tells how much the stochastic runs disagreed: a high score, shown in red, signals "
-            "a likely failure. PyTorch is installed through the PyTorch extension on first use. "
+            "score (NQM) and the spread inside the structure tell how much the stochastic runs disagreed: "
+            "a high value, shown in red, signals a likely failure. PyTorch is installed through the PyTorch extension on first use. "
             "See the extension's README for details."
         )
         self.parent.acknowledgementText = _(

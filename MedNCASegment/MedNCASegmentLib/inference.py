@@ -60,6 +60,26 @@ class StochasticResult:
         return keep_largest_component(labels) if largest_component else labels
 
 
+def structure_spread(spread: np.ndarray, labels: np.ndarray) -> float | None:
+    """Mean spread of the runs over the voxels the result labels as structure: the second quality
+    signal, beside NQM.
+
+    Args:
+        spread: the runs' standard deviation summed over the classes, (D, H, W), on the grid of
+            ``labels`` (``StochasticResult.std.sum(axis=0)``).
+        labels: hard labels (D, H, W), 0 background.
+
+    Returns None when nothing is labelled (the logic warns of an empty result separately).
+    NQM divides the spread of the whole output by its mass, so a confident structure with a wide,
+    faint halo scores the same as a structure the runs disagree on; the spread inside the
+    structure tells them apart. On the clean and corrupted validation inputs it separates
+    results with Dice < 0.8 better than NQM (ROC AUC 0.916 against 0.880 over 798 results;
+    Testing/Benchmarks/robustness_benchmark.py, RESULTS.md).
+    """
+    inside = labels > 0
+    return float(spread[inside].mean()) if inside.any() else None
+
+
 def decode_labels(mean: np.ndarray) -> np.ndarray:
     """Hard labels 0 (background), 1..C from per-class probabilities (C, D, H, W).
 

@@ -50,6 +50,7 @@ from .settings import MedNCASettings
 from .wholehead import HeadResult, HippocampusVolumes, measure_volumes
 
 QUALITY_ATTRIBUTE = "MedNCA.QualityScore"
+STRUCTURE_SPREAD_ATTRIBUTE = "MedNCA.StructureSpread"
 # Node attributes holding the volumes (mm^3) and the asymmetry index (%): "<prefix>.<column>",
 # the columns of ``HippocampusVolumes.table``.
 VOLUME_ATTRIBUTE = "MedNCA.Volume"
@@ -89,19 +90,22 @@ class MedNCAJob:
 
 @dataclass
 class MedNCAComputed:
-    """The model's answer on the job's grid: hard labels, summed spread, NQM per class."""
+    """The model's answer on the job's grid: hard labels, summed spread (when the uncertainty
+    volume is asked for), NQM per class and the spread inside each structure."""
 
     labels: np.ndarray
-    spread: np.ndarray
+    spread: np.ndarray | None
     quality: np.ndarray  # per segment, in the order of the segments written (head mode: both sides')
     seconds: float
     head: HeadResult | None = None
+    # ``inference.structure_spread`` per structure: crop mode {"structure": ...}, head mode {"left": ..., "right": ...}
+    structure_spread: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
 class MedNCAResult:
-    """What one run produced: the segmentation node (and its labels), NQM per segment name, optional
-    uncertainty volume."""
+    """What one run produced: the segmentation node (and its labels), NQM per segment name, the
+    spread inside each structure, optional uncertainty volume."""
 
     segmentation: object
     labels: np.ndarray  # the segmentation as a KJI label map (the model card's label values) on ``geometry``
@@ -115,13 +119,32 @@ class MedNCAResult:
     volumes: HippocampusVolumes | None = None  # mm^3 per segment (and side), from ``labels``
     boxes: dict[str, object] = field(default_factory=dict)  # head mode: ROI node per side
     localization: Localization | None = None  # head mode, when the boxes were located
+    # ``inference.structure_spread`` per structure (crop mode: "structure"; head mode: "left",
+    # "right"); None after one run or for an empty structure.
+    structure_spread: dict[str, float | None] = field(default_factory=dict)
+    structure_spread_warning_threshold: float | None = None
+
+    @property
+    def failure_signals(self) -> list[str]:
+        """The quality signals above the model's warning thresholds, as phrases for a message:
+        NQM of a segment, and the spread inside a structure (thresholds and their evidence in the
+        model card)."""
+        signals = []
+        for scores, threshold, what in ((self.quality, self.quality_warning_threshold, "NQM"),
+                                        (self.structure_spread, self.structure_spread_warning_threshold,
+                                         "spread inside the structure")):
+            high = [name for name, score in scores.items()
+                    if threshold is not None and score is not None and score > threshold]
+            where = [name for name in high if name != "structure"]  # crop mode's one structure needs no name
+            if high:
+                signals.append(f"{what} above {threshold:g}" + (f" ({', '.join(where)})" if where else ""))
+        return signals
 
     @property
     def likely_failure(self) -> bool:
-        """True when any segment's quality score exceeds the model's warning threshold, which
-        was chosen on its validation split (see the model card)."""
-        threshold = self.quality_warning_threshold
-        return threshold is not None and any(score is not None and score > threshold for score in self.quality.values())
+        """True when either quality signal exceeds its warning threshold: NQM of any segment, or
+        the spread inside any structure (see :attr:`failure_signals`)."""
+        return bool(self.failure_signals)
 
 
 class MedNCASegmentLogic(RegistryLogic):
@@ -229,7 +252,7 @@ class MedNCASegmentLogic(RegistryLogic):
         ``preview``). Its last call, after the run, gets exactly the labels the result will
         hold. It is called from this thread: hand the labels over, do not touch MRML in it.
         """
-        from .inference import decode_labels, keep_largest_component, segment
+        from .inference import decode_labels, keep_largest_component, segment, structure_spread
         from .input_size import check_size, minimum_size
 
         started = time.perf_counter()
@@ -261,21 +284,24 @@ class MedNCASegmentLogic(RegistryLogic):
                          **settings.inference_keywords(), **preview)
         del model_image
         quality = result.quality
-        spread = result.std.sum(axis=0) if settings.uncertainty_volume else None
+        spread = result.std.sum(axis=0)
         mean = result.mean
         del result  # the per-class spread: 8 bytes per voxel
         if not same_grid:
             step(0.97, "Resampling to the input grid")
             mean = _resampled_classes(mean, grid, job.geometry)
-            spread = None if spread is None else resample(spread, grid, job.geometry, order=1)
+            spread = resample(spread, grid, job.geometry, order=1)
         labels = decode_labels(mean)
         del mean
         if settings.keep_largest_component:
             labels = keep_largest_component(labels)
+        inside = {"structure": structure_spread(spread, labels)}
+        if not settings.uncertainty_volume:
+            spread = None
         if previewCallback is not None:
             previewCallback(self._on_full_grid(job, labels))
         step(1.0, "Computed")
-        return MedNCAComputed(labels, spread, quality, time.perf_counter() - started)
+        return MedNCAComputed(labels, spread, quality, time.perf_counter() - started, structure_spread=inside)
 
     def _compute_head(self, job: MedNCAJob, network, progress: ProgressCallback, started: float) -> MedNCAComputed:
         """Both hippocampi: locate (unless the job has boxes), then each side in its box."""
@@ -292,8 +318,9 @@ class MedNCASegmentLogic(RegistryLogic):
                             boxes=job.boxes, keep_largest=settings.keep_largest_component,
                             uncertainty=settings.uncertainty_volume, progress=progress)
         quality = np.concatenate([head.quality[side] for side in SIDES])
+        inside = {side: head.structure_spread[side] for side in SIDES}
         progress(1.0, "Computed")
-        return MedNCAComputed(head.labels, head.spread, quality, time.perf_counter() - started, head)
+        return MedNCAComputed(head.labels, head.spread, quality, time.perf_counter() - started, head, inside)
 
     @staticmethod
     def _on_full_grid(job: MedNCAJob, labels: np.ndarray) -> np.ndarray:
@@ -337,13 +364,15 @@ class MedNCASegmentLogic(RegistryLogic):
         with SceneTransaction(self.scene, protect=protect):
             name = output.GetName() if output is not None else f"{volume.GetName()} Med-NCA"
             node = write_labels_to_segmentation(self.scene, labels, job.full_geometry, volume, segments,
-                                                output=output, name=name)
+                                                output=output, name=name, closed_surface=self.closed_surface)
             scored = job.settings.runs >= 2  # NQM is the runs' spread: one run has none
             quality = {spec.name: float(q) if scored else None
                        for spec, q in zip(segments, computed.quality, strict=True)}
-            for segment_name, score in quality.items():
-                if score is not None:
-                    node.SetAttribute(f"{QUALITY_ATTRIBUTE}.{segment_name}", f"{score:.5f}")
+            inside = {name: value if scored else None for name, value in computed.structure_spread.items()}
+            for attribute, scores in ((QUALITY_ATTRIBUTE, quality), (STRUCTURE_SPREAD_ATTRIBUTE, inside)):
+                for name, score in scores.items():
+                    if score is not None:
+                        node.SetAttribute(f"{attribute}.{name}", f"{score:.5f}")
             node.SetAttribute("MedNCA.Model", job.entry.id)
             node.SetAttribute("MedNCA.Runs", str(job.settings.runs))
             node.SetAttribute("MedNCA.Mode", job.mode)
@@ -362,7 +391,9 @@ class MedNCASegmentLogic(RegistryLogic):
             result = MedNCAResult(node, labels, job.full_geometry, quality, uncertainty, computed.seconds,
                                   warnings=list(job.notes),
                                   quality_warning_threshold=job.entry.quality_warning_threshold, mode=job.mode,
-                                  volumes=volumes, boxes=boxes, localization=head.localization if head else None)
+                                  volumes=volumes, boxes=boxes, localization=head.localization if head else None,
+                                  structure_spread=inside,
+                                  structure_spread_warning_threshold=job.entry.structure_spread_warning_threshold)
             if head is not None:
                 for side in SIDES:
                     if not any(volumes.segments_mm3[s.name] for s in segments if s.name.startswith(side)):
@@ -373,8 +404,8 @@ class MedNCASegmentLogic(RegistryLogic):
                                        "so a failed segmentation cannot be flagged; use 2 or more runs for a score.")
             if result.likely_failure:
                 result.warnings.append(
-                    f"High quality score (NQM above {result.quality_warning_threshold}): the segmentation is likely "
-                    "wrong. Check it; crop to an ROI around the hippocampus, or raise the number of steps.")
+                    f"The runs disagree ({'; '.join(result.failure_signals)}): the segmentation is likely wrong. "
+                    "Check it; crop to an ROI around the hippocampus, or raise the number of steps.")
             empty = empty_result_warning(labels, [spec.name for spec in segments], volume.GetName())
             if empty:
                 result.warnings.append(empty)

@@ -13,6 +13,7 @@ from EfficientSegmentationCommon.settings import settings_from_parameters
 from .settings import MedNCASettings
 
 QUALITY_NAME = "quality score (NQM)"
+STRUCTURE_SPREAD_NAME = "spread of the runs inside the structure"
 
 
 def panel_settings(parameters) -> MedNCASettings:
@@ -56,6 +57,18 @@ def volume_lines(volumes) -> list[str]:
     return lines
 
 
+def structure_spread_line(result) -> str | None:
+    """The spread inside the segmented structure(s) of a ``MedNCAResult`` as one line, or None
+    when there is none (one run, or nothing segmented)."""
+    scores = {name: value for name, value in result.structure_spread.items() if value is not None}
+    if not scores:
+        return None
+    threshold = result.structure_spread_warning_threshold
+    limit = f", warning above {threshold:g}" if threshold is not None else ""
+    values = ", ".join(f"{value:.3f}" if name == "structure" else f"{name} {value:.3f}" for name, value in scores.items())
+    return f"{STRUCTURE_SPREAD_NAME[:1].upper()}{STRUCTURE_SPREAD_NAME[1:]} (lower is better{limit}): {values}."
+
+
 def trained_settings(config) -> dict[str, float]:
     """Slider values showing a loaded model's trained stage settings (a ``MedNCAConfig``)."""
     return {"globalSteps": float(config.global_steps), "refinementSteps": float(config.refinement_steps),
@@ -63,10 +76,12 @@ def trained_settings(config) -> dict[str, float]:
 
 
 def run_summary(result) -> RunSummary:
-    """What the panel reports about a ``MedNCAResult``: time, NQM per segment and the logic's
-    warnings (red when it flags a likely failure). After one run the logic gives no score
-    (None per segment) and says why among its warnings, so no score line is shown."""
+    """What the panel reports about a ``MedNCAResult``: time, volumes, the spread inside the
+    structure, NQM per segment and the logic's warnings (red when it flags a likely failure).
+    After one run the logic gives no score (None per segment) and says why among its warnings,
+    so no score line is shown."""
     scored = all(score is not None for score in result.quality.values())
+    spread_line = structure_spread_line(result)
     return RunSummary(
         seconds=result.seconds,
         quality=dict(result.quality) if scored else {},
@@ -75,7 +90,7 @@ def run_summary(result) -> RunSummary:
         warning_threshold=result.quality_warning_threshold,
         warnings=tuple(result.warnings),
         output_name=_name(result.segmentation),
-        details=tuple(volume_lines(result.volumes)),
+        details=tuple(volume_lines(result.volumes)) + ((spread_line,) if spread_line else ()),
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from EfficientSegmentationCommon.grids import KJISlices, crop_to_corners
 from EfficientSegmentationCommon.resampling import resample
 from EfficientSegmentationCommon.segmentation_output import SegmentSpec
 
-from .inference import decode_labels, keep_largest_component
+from .inference import decode_labels, keep_largest_component, structure_spread
 from .localization import SIDES, HippocampusBox, Localization, locate_hippocampi
 from .preprocessing import normalize_intensity
 
@@ -41,14 +41,15 @@ def side_label_offset(side: str, classes: int) -> int:
 @dataclass
 class SideResult:
     """One side's answer: model labels (0..K) on the input voxels under the box, where they lie
-    in the input (``slices``), the quality score per class (NQM) and the summed spread of the
-    runs (or None)."""
+    in the input (``slices``), the quality score per class (NQM), the summed spread of the
+    runs (or None) and the spread inside the structure (``inference.structure_spread``)."""
 
     side: str
     slices: KJISlices
     labels: np.ndarray
     quality: np.ndarray
     spread: np.ndarray | None
+    structure_spread: float | None = None
 
 
 def segment_side(image: np.ndarray, geometry: VolumeGeometry, box: HippocampusBox, spacing: Sequence[float],
@@ -71,8 +72,9 @@ def segment_side(image: np.ndarray, geometry: VolumeGeometry, box: HippocampusBo
     labels = decode_labels(mean)
     if keep_largest:
         labels = keep_largest_component(labels)
-    spread = resample(np.asarray(result.std).sum(axis=0), grid, under_box, order=1) if uncertainty else None
-    return SideResult(box.side, slices, labels, np.asarray(result.quality), spread)
+    spread = resample(np.asarray(result.std).sum(axis=0), grid, under_box, order=1)
+    return SideResult(box.side, slices, labels, np.asarray(result.quality), spread if uncertainty else None,
+                      structure_spread(spread, labels))
 
 
 def place_sides(results: Sequence[SideResult], shape_kji: Sequence[int], classes: int) -> np.ndarray:
@@ -91,14 +93,15 @@ def place_sides(results: Sequence[SideResult], shape_kji: Sequence[int], classes
 @dataclass
 class HeadResult:
     """Both sides of a head on the input grid: labels (left 1..K, right K+1..2K), the quality
-    score per side and class, the summed spread of the runs (or None), the boxes used, and the
-    localisation (None when the boxes were given)."""
+    score per side and class, the summed spread of the runs (or None), the boxes used, the
+    localisation (None when the boxes were given) and the spread inside each side's structure."""
 
     labels: np.ndarray
     quality: dict[str, np.ndarray]
     spread: np.ndarray | None
     boxes: dict[str, HippocampusBox]
     localization: Localization | None
+    structure_spread: dict[str, float | None] = field(default_factory=dict)
 
 
 # Share of a whole-head run's time spent locating (about 1-3 s against tens of seconds per side).
@@ -140,7 +143,8 @@ def segment_head(image: np.ndarray, geometry: VolumeGeometry, spacing: Sequence[
         spread = np.zeros(geometry.shape_kji, dtype=np.float32)
         for result in results:
             spread[result.slices] = np.maximum(spread[result.slices], result.spread)
-    return HeadResult(labels, {r.side: r.quality for r in results}, spread, dict(boxes), localization)
+    return HeadResult(labels, {r.side: r.quality for r in results}, spread, dict(boxes), localization,
+                      {r.side: r.structure_spread for r in results})
 
 
 def asymmetry_index(left_mm3: float, right_mm3: float) -> float:

@@ -15,7 +15,7 @@ from EfficientSegmentationCommon.progress import CancelRequest
 from EfficientSegmentationCommon.resampling import resample, resample_labels
 from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels, write_scalar_volume
 from MedNCASegmentLib import cli
-from MedNCASegmentLib.logic import QUALITY_ATTRIBUTE, MedNCASegmentLogic
+from MedNCASegmentLib.logic import QUALITY_ATTRIBUTE, STRUCTURE_SPREAD_ATTRIBUTE, MedNCASegmentLogic
 from MedNCASegmentLib.settings import MedNCASettings
 
 MODELS = REPO_ROOT / "MedNCASegment" / "Resources" / "Models"
@@ -208,3 +208,25 @@ def test_quality_score_flags_an_implausible_input_but_not_a_good_one(scene, logi
     bad = logic.segment(noise, runs=runs, seed=seed)
     assert bad.likely_failure
     assert "likely wrong" in bad.warnings[0]
+
+
+def test_structure_spread_is_the_benchmarks_signal_and_is_recorded(scene, logic) -> None:
+    """The logic's second quality signal is the robustness benchmark's "spread inside the
+    predicted structure" (the one its threshold was chosen on), stored on the node, below the
+    card's threshold on a validation case, and absent after one run."""
+    from MedNCASegmentLib.inference import segment, structure_spread
+    from MedNCASegmentLib.model_io import load_model
+
+    case = load_case(scene, VALIDATION_CASE)
+    runs, seed = CARD["evaluation"]["runs"], CARD["evaluation"]["seed"]
+    result = logic.segment(case.volume, runs=runs, seed=seed)
+    direct = segment(load_model(MODELS / CARD["model"])[0], case.image, runs=runs, seed=seed)
+    expected = structure_spread(direct.std.sum(axis=0), direct.labels())
+    assert set(result.structure_spread) == {"structure"}
+    assert result.structure_spread["structure"] == pytest.approx(expected, abs=1e-4)
+    assert result.structure_spread_warning_threshold == CARD["structure_spread_warning_threshold"]
+    assert result.structure_spread["structure"] < result.structure_spread_warning_threshold
+    stored = result.segmentation.GetAttribute(f"{STRUCTURE_SPREAD_ATTRIBUTE}.structure")
+    assert float(stored) == pytest.approx(expected, abs=1e-4)
+    single = logic.segment(case.volume, runs=1, seed=seed)
+    assert single.structure_spread == {"structure": None} and not single.likely_failure

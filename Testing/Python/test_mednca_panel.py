@@ -28,6 +28,7 @@ from EfficientSegmentationCommon.panel_state import (
     device_choices,
     model_items,
     format_duration,
+    summary_text,
 )
 from EfficientSegmentationCommon.registry import ModelEntry, ModelRegistry
 from MedNCASegmentLib.logic import MedNCAResult
@@ -282,11 +283,12 @@ def test_model_items_from_the_real_registry(tmp_path):
     assert item.tooltip.splitlines()[-1] == f"Weights file missing: {tmp_path / 'nothing.pt'}"
 
 
-def result(quality, threshold, warnings=()):
+def result(quality, threshold, warnings=(), structure_spread=None, spread_threshold=None):
     node = slicer.vtkMRMLSegmentationNode()
     node.SetName("hippocampus_001 Med-NCA")
     return MedNCAResult(node, np.zeros((2, 2, 2), np.uint8), VolumeGeometry.compose((2, 2, 2), (1.0, 1.0, 1.0)), quality,
-                        None, 12.0, list(warnings), quality_warning_threshold=threshold)
+                        None, 12.0, list(warnings), quality_warning_threshold=threshold,
+                        structure_spread=structure_spread or {}, structure_spread_warning_threshold=spread_threshold)
 
 
 def test_run_summary_of_a_good_result():
@@ -415,3 +417,24 @@ def test_volumes_are_shown_as_a_small_table():
     summary = run_summary(MedNCAResult(None, np.zeros((2, 2, 2), np.uint8), VolumeGeometry.compose((2, 2, 2), (1.0,) * 3),
                                        {}, volumes=volumes))
     assert list(summary.details) == volume_lines(volumes)
+
+
+def test_spread_inside_the_structure_flags_a_result_that_nqm_passes():
+    """Either signal above its threshold flags the result; the message names which, and where."""
+    quality = {"anterior hippocampus": 0.05, "posterior hippocampus": 0.06}
+    good = result(quality, 0.1561, structure_spread={"structure": 0.031}, spread_threshold=0.0548)
+    assert not good.likely_failure and good.failure_signals == []
+    crop = result(quality, 0.1561, structure_spread={"structure": 0.071}, spread_threshold=0.0548)
+    assert crop.likely_failure and crop.failure_signals == ["spread inside the structure above 0.0548"]
+    head = result(quality, 0.1561, structure_spread={"left": 0.03, "right": 0.09}, spread_threshold=0.0548)
+    assert head.failure_signals == ["spread inside the structure above 0.0548 (right)"]
+    both = result({"anterior hippocampus": 0.3, "posterior hippocampus": 0.06}, 0.1561,
+                  structure_spread={"structure": 0.09}, spread_threshold=0.0548)
+    assert both.failure_signals == ["NQM above 0.1561 (anterior hippocampus)", "spread inside the structure above 0.0548"]
+    text = summary_text(run_summary(head))[0]
+    assert "Spread of the runs inside the structure (lower is better, warning above 0.0548): left 0.030, right 0.090." in text
+    assert "0.031." in summary_text(run_summary(good))[0]
+    # After one run there is no spread and no line for it.
+    single = result({"anterior hippocampus": None, "posterior hippocampus": None}, 0.1561,
+                    structure_spread={"structure": None}, spread_threshold=0.0548)
+    assert not single.likely_failure and "inside the structure" not in summary_text(run_summary(single))[0]

@@ -38,6 +38,7 @@ def test_a_good_card_describes_the_model(user_model):
     assert (entry.id, entry.path, [s.name for s in entry.segments]) == ("my_model", weights.resolve(),
                                                                          ["anterior hippocampus", "posterior hippocampus"])
     assert entry.quality_warning_threshold == values["quality_warning_threshold"]
+    assert entry.structure_spread_warning_threshold == values["structure_spread_warning_threshold"]
 
 
 @pytest.mark.parametrize("edit, field", [

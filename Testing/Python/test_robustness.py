@@ -129,3 +129,31 @@ def test_training_artefact_copies_change_a_real_case_reproducibly(case):
     assert all(np.array_equal(a, b) for a, b in zip(copies, again, strict=True))
     other = artefact_copies(image, 4, seed=4)
     assert not all(np.array_equal(a, b) for a, b in zip(copies, other, strict=True))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_training_draws_artefact_copies_at_the_given_share(case, share):
+    """``--artefact-share``: the share of training samples drawn from a copy with an artefact."""
+    from types import SimpleNamespace
+
+    from MedNCASegmentLib.training import Sampler
+
+    cases = [SimpleNamespace(image=case.images[0], labels=case.labels)]
+    sampler = Sampler(cases, 2, (64, 48), 1, np.random.default_rng(0), artefact_copies_per_case=2, seed=1,
+                      artefact_share=share)
+    drawn = np.array([sampler._variant(0) for _ in range(2000)])
+    assert set(np.unique(drawn)) <= {0, 1, 2}
+    assert (drawn > 0).mean() == pytest.approx(share, abs=0.04)
+
+
+def test_quality_analysis_reports_the_logics_rule_of_either_signal():
+    """The shipped warning (either signal above its registry threshold) is scored as the logic
+    applies it: a failure only the spread catches counts, and the misses are listed."""
+    rows = [{"model": "Med-NCA", "case": f"c{i}", "artefact": "clean", "level": "", "dice_foreground": dice_value,
+             "nqm": [nqm, nqm], "spread_inside": spread, "volume": 3000}
+            for i, (dice_value, nqm, spread) in enumerate([(0.9, 0.05, 0.03), (0.9, 0.06, 0.04), (0.7, 0.3, 0.03),
+                                                           (0.75, 0.05, 0.08), (0.79, 0.05, 0.04)])]
+    entry = {"qualityWarningThreshold": 0.1561, "structureSpreadWarningThreshold": 0.0548}
+    lines, report = rb.quality_analysis(rows, entry, None)
+    assert report["shipped_rule"] == {"sensitivity": pytest.approx(2 / 3), "specificity": 1.0, "flagged": 2}
+    assert "Failures the logic's warning misses: 1, foreground Dice 0.790 to 0.790." in lines

@@ -122,6 +122,19 @@ def test_whole_head_segments_both_sides_in_their_boxes(head_runs):
                 > voxel_positions(result.labels, geometry, [posterior])[:, 1].mean() + 5)
     # One run (to keep the test short) has no quality score, and says so; nothing else is wrong.
     assert [w for w in result.warnings if not w.startswith("One run gives no quality score")] == []
+    assert result.structure_spread == {"left": None, "right": None}
+
+
+def test_whole_head_quality_signals_per_side(head_runs):
+    """With several runs each side has its spread inside the structure, below the card's
+    warning threshold on the template (a clean, typical head), and nothing is flagged."""
+    scene, logic, runs = head_runs
+    volume = runs["RAS"][2]
+    result = logic.segment(volume, runs=3, seed=0)
+    assert set(result.structure_spread) == {"left", "right"}
+    for side, value in result.structure_spread.items():
+        assert 0 < value < result.structure_spread_warning_threshold, side
+    assert not result.likely_failure and all(score is not None for score in result.quality.values())
 
 
 def test_volumes_are_voxel_counts_of_the_exported_labelmap(head_runs):

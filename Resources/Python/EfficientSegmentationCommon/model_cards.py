@@ -20,7 +20,8 @@ from .errors import ModelError
 
 SCHEMA_PATH_PARTS = ("Resources", "Models.schema.json")
 # Card keys (as our training writes them) that differ from the registry's.
-CARD_KEYS = {"qualityWarningThreshold": "quality_warning_threshold"}
+CARD_KEYS = {"qualityWarningThreshold": "quality_warning_threshold",
+             "structureSpreadWarningThreshold": "structure_spread_warning_threshold"}
 
 
 def read_json(path: Path, what: str) -> object:

@@ -54,6 +54,9 @@ class ModelEntry:
     # Quality score (e.g. Med-NCA's NQM) above which a result is flagged as a likely failure;
     # chosen on the model's validation split, recorded in its card. None: the model has none.
     quality_warning_threshold: float | None = None
+    # Mean spread of the runs inside the segmented structure above which a result is flagged too
+    # (Med-NCA; chosen on the clean and corrupted validation inputs, recorded in its card).
+    structure_spread_warning_threshold: float | None = None
     # A model of one of a pair of structures (one hippocampus) used on both sides at once: its
     # labels 1..K on the left, K+1..2K on the right, with names, colours and terminology.
     bilateral_segments: tuple[SegmentSpec, ...] = ()
@@ -86,6 +89,7 @@ def _entry(values: dict, base: Path) -> ModelEntry:
         license=values.get("license", ""), training_data=values.get("trainingData", ""),
         metrics=values.get("metrics", {}), description=values.get("description", ""),
         quality_warning_threshold=values.get("qualityWarningThreshold"),
+        structure_spread_warning_threshold=values.get("structureSpreadWarningThreshold"),
         bilateral_segments=_segments(values.get("bilateralSegments", ())),
         input_requirements=tuple(values.get("inputRequirements", ())))
 
@@ -180,8 +184,8 @@ class ModelRegistry:
         model_id = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-._") or "model"
         values = {"id": model_id, "title": path.stem, "method": method, "task": card.get("task", ""),
                   "inputs": card.get("inputs", []), "segments": card.get("segments"), "file": str(path)}
-        for key, card_key in (("spacing", "spacing"), ("qualityWarningThreshold", "quality_warning_threshold"),
-                              ("inputRequirements", "inputRequirements")):
+        for key in ("spacing", "qualityWarningThreshold", "structureSpreadWarningThreshold", "inputRequirements"):
+            card_key = CARD_KEYS.get(key, key)
             if card.get(card_key) is not None:
                 values[key] = card[card_key]
         if values["segments"] is None:

@@ -28,7 +28,7 @@ from EfficientSegmentationCommon.scene import load_volume, name_from_path
 from EfficientSegmentationCommon.settings import add_arguments
 
 from .logic import MedNCASegmentLogic
-from .panel import structure_spread_line
+from .panel import structure_spread_values
 from .settings import MedNCASettings
 from .wholehead import HippocampusVolumes
 
@@ -84,8 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 quality = f"unavailable with {settings.runs} run"
             else:
                 quality = ", ".join(f"{name} {score:.3f}" for name, score in result.quality.items())
-                spread = structure_spread_line(result)
-                quality += f"; {spread[:1].lower()}{spread[1:-1]}" if spread else ""
+                spread = structure_spread_values(result)
+                quality += f"; spread inside the structure: {spread}" if spread else ""
             warning = " WARNING: likely failure" if result.likely_failure else ""
             return batch.BatchOutcome(volume.GetName(), True,
                                       f"{written} ({result.seconds:.1f} s, {result.mode} mode; "

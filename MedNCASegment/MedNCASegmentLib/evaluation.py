@@ -83,11 +83,14 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def write_card(model_path: Path, split_path: Path, runs: int, seed: int, rows: list[dict], summary: dict,
-               training_hardware: str | None = None, training_note: str | None = None) -> Path:
+               training_hardware: str | None = None, training_note: str | None = None,
+               structure_spread_threshold: float | None = None) -> Path:
     """Write <weights>.json (registry) and <weights>.md (people) beside the weights.
 
     The JSON also carries what the registry needs to use the file as a user's own model
-    (inputs, segments, spacing, quality warning threshold)."""
+    (inputs, segments, spacing, quality warning thresholds). ``structure_spread_threshold`` comes
+    from the robustness benchmark (``Testing/Benchmarks/robustness_benchmark.py``, which has the
+    failures the validation split lacks); None leaves it out."""
     model, metadata = load_model(model_path)
     split = read_split(split_path)
     card = {
@@ -99,6 +102,8 @@ def write_card(model_path: Path, split_path: Path, runs: int, seed: int, rows: l
                      for i, (name, color) in enumerate(zip(CLASS_NAMES, CLASS_COLORS, strict=True))],
         "spacing": [1.0, 1.0, 1.0],
         "quality_warning_threshold": summary["quality_warning_threshold"],
+        **({"structure_spread_warning_threshold": structure_spread_threshold}
+           if structure_spread_threshold is not None else {}),
         "config": model.config.to_dict(),
         "parameters": model.parameter_count,
         "file_bytes": model_path.stat().st_size,
@@ -146,6 +151,10 @@ def card_markdown(card: dict) -> str:
                   f"{v['nqm']['spearman_with_foreground_dice']} (negative: high NQM flags worse results). "
                   f"Warning threshold: NQM above {v['quality_warning_threshold']} ({THRESHOLD_MARGIN} x the "
                   f"highest NQM of a validation result with Dice >= {ACCEPTABLE_DICE}).",
+              *([f"Second warning: the spread of the runs inside the segmented structure above "
+                 f"{card['structure_spread_warning_threshold']} (chosen on clean and corrupted validation inputs "
+                 "by Testing/Benchmarks/robustness_benchmark.py)."]
+                if card.get("structure_spread_warning_threshold") is not None else []),
               f"Inference: {v['seconds_per_volume']} s per volume ({card['evaluation']['hardware']}).", ""]
     return "\n".join(lines)
 
@@ -161,13 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--training-hardware", default=None,
                         help="where the weights were trained, if their metadata does not say (default: this machine)")
     parser.add_argument("--training-note", default=None, help="anything the card should say about the training run")
+    parser.add_argument("--structure-spread-threshold", type=float, default=None,
+                        help="the spread-inside-the-structure warning threshold chosen by the robustness benchmark")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = evaluate_cases(args.weights, args.data, read_split(args.split)["validation"], args.runs, args.seed)
     summary = summarize(rows)
     print(json.dumps(summary, indent=1))
     print("card:", write_card(args.weights, args.split, args.runs, args.seed, rows, summary,
-                                     args.training_hardware or hardware_description(), args.training_note))
+                                     args.training_hardware or hardware_description(), args.training_note,
+                                     args.structure_spread_threshold))
     return 0
 
 

@@ -57,15 +57,22 @@ def volume_lines(volumes) -> list[str]:
     return lines
 
 
-def structure_spread_line(result) -> str | None:
-    """The spread inside the segmented structure(s) of a ``MedNCAResult`` as one line, or None
-    when there is none (one run, or nothing segmented)."""
+def structure_spread_values(result) -> str | None:
+    """The spread inside the segmented structure(s) of a ``MedNCAResult``: "0.042", or on a whole
+    head "left 0.041, right 0.047"; None when there is none (one run, or nothing segmented)."""
     scores = {name: value for name, value in result.structure_spread.items() if value is not None}
     if not scores:
         return None
+    return ", ".join(f"{value:.3f}" if name == "structure" else f"{name} {value:.3f}" for name, value in scores.items())
+
+
+def structure_spread_line(result) -> str | None:
+    """The panel's line for :func:`structure_spread_values`, with the warning threshold."""
+    values = structure_spread_values(result)
+    if values is None:
+        return None
     threshold = result.structure_spread_warning_threshold
     limit = f", warning above {threshold:g}" if threshold is not None else ""
-    values = ", ".join(f"{value:.3f}" if name == "structure" else f"{name} {value:.3f}" for name, value in scores.items())
     return f"{STRUCTURE_SPREAD_NAME[:1].upper()}{STRUCTURE_SPREAD_NAME[1:]} (lower is better{limit}): {values}."
 
 

@@ -147,6 +147,8 @@ def test_live_preview_shows_the_run_and_is_removed_when_it_finishes(session, eve
     shown = export_segmentation_labels(session.scene, node, volume, mednca.segments)
     assert session.poll() is JobState.FINISHED
     np.testing.assert_array_equal(shown, session.result.labels)  # the final preview is the result
+    # Two runs give both quality signals; the page's result text shows them.
+    assert "Spread of the runs inside the structure" in session.panel.view().result_text
     assert session.preview is None and session.scene.GetNodeByID(node.GetID()) is None
     result = session.result.segmentation
     displays = {result.GetNthDisplayNode(i).GetID() for i in range(result.GetNumberOfDisplayNodes())}

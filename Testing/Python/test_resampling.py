@@ -56,3 +56,32 @@ def test_resampling_follows_the_direction_matrix(hippocampus):
     np.testing.assert_allclose(shifted[:, :, :-1], hippocampus.image[:, :, 1:], rtol=1e-5)
     np.testing.assert_allclose(shifted[:, :, -1], 0.0, atol=1e-6)  # a voxel outside the source: fill
     np.testing.assert_allclose(resample(hippocampus.image, source, source), hippocampus.image, rtol=1e-5)
+
+
+@pytest.mark.parametrize("flip_ijk, swap", [((0, 1), False), ((2,), True), ((), True)])
+@pytest.mark.parametrize("order", [0, 1])
+def test_another_orientation_at_the_same_spacing_is_reindexed_not_interpolated(hippocampus, monkeypatch,
+                                                                                flip_ijk, swap, order):
+    """An input stored as LPS (or with axes swapped) against the RAS model grid: the fast path
+    returns exactly what interpolation returns, on the whole grid and on a grid inside it."""
+    import EfficientSegmentationCommon.resampling as resampling
+    from EfficientSegmentationCommon.geometry import VolumeGeometry
+
+    image, geometry = hippocampus.image, hippocampus.geometry
+    encode = np.eye(4)
+    for axis in flip_ijk:
+        encode[axis, axis], encode[axis, 3] = -1, geometry.shape_ijk[axis] - 1
+    stored = np.flip(image, axis=[2 - axis for axis in flip_ijk]) if flip_ijk else image
+    if swap:  # store I as K and K as I
+        encode = encode[:, [2, 1, 0, 3]]
+        stored = stored.transpose(2, 1, 0)
+    source = VolumeGeometry(geometry.ijk_to_ras @ encode, stored.shape)
+    inner = VolumeGeometry(geometry.ijk_to_ras @ np.array([[1, 0, 0, 2], [0, 1, 0, 3], [0, 0, 1, 1], [0, 0, 0, 1.0]]),
+                           tuple(n - 4 for n in geometry.shape_kji))
+    fast = {name: resample(stored, source, target, order=order) for name, target in (("whole", geometry), ("inner", inner))}
+    np.testing.assert_array_equal(fast["whole"], image.astype(fast["whole"].dtype))
+    monkeypatch.setattr(resampling, "_voxel_reindexing", lambda *args, **kwargs: None)
+    for name, target in (("whole", geometry), ("inner", inner)):
+        interpolated = resample(stored, source, target, order=order)
+        assert fast[name].dtype == interpolated.dtype and fast[name].flags.c_contiguous
+        np.testing.assert_allclose(fast[name], interpolated, rtol=1e-6, atol=1e-6)

@@ -37,6 +37,10 @@ def resample(
     reverse = np.eye(4)[[2, 1, 0, 3]]
     target_to_source_kji = reverse @ target_to_source_ijk @ reverse
     input_array = array if order == 0 else array.astype(np.float32, copy=False)
+    voxels = _voxel_reindexing(target_to_source_kji, array.shape, target.shape_kji)
+    if voxels is not None:  # the same voxel centres in another axis order or direction: no interpolation
+        axes, index = voxels
+        return np.ascontiguousarray(input_array.transpose(axes)[index])
     return ndimage.affine_transform(
         input_array,
         target_to_source_kji,
@@ -45,6 +49,34 @@ def resample(
         mode="grid-constant",
         cval=fill,
     )
+
+
+def _voxel_reindexing(target_to_source_kji: np.ndarray, source_shape: Sequence[int], target_shape: Sequence[int],
+                      atol: float = 1e-6) -> tuple[tuple[int, int, int], tuple[slice, slice, slice]] | None:
+    """When every target voxel centre is a source voxel centre (axes swapped or reversed, the
+    target inside the source), the source axes in target order and the slices that pick the
+    target's voxels from the transposed source; else None.
+
+    This is the common case of an input stored in another orientation than the model's grid at
+    the same spacing (DICOM's LPS against RAS): interpolating there returns the voxels
+    unchanged, only slower (about 1 s per 240 x 240 x 155 volume).
+    """
+    linear, offset = target_to_source_kji[:3, :3], target_to_source_kji[:3, 3]
+    rounded = np.round(linear)
+    if not np.allclose(linear, rounded, atol=atol) or not np.allclose(offset, np.round(offset), atol=atol):
+        return None
+    if sorted(np.abs(rounded).sum(axis=0).tolist()) != [1, 1, 1] or sorted(np.abs(rounded).sum(axis=1).tolist()) != [1, 1, 1]:
+        return None  # not a signed permutation (scaled or sheared)
+    axes, index = [], []
+    for target_axis in range(3):
+        source_axis = int(np.argmax(np.abs(rounded[:, target_axis])))
+        sign, start = int(rounded[source_axis, target_axis]), int(np.round(offset[source_axis]))
+        stop = start + sign * (target_shape[target_axis] - 1)
+        if min(start, stop) < 0 or max(start, stop) > source_shape[source_axis] - 1:
+            return None  # the target reaches outside the source: leave the fill to interpolation
+        axes.append(source_axis)
+        index.append(slice(start, stop + 1, 1) if sign > 0 else slice(start, stop - 1 if stop > 0 else None, -1))
+    return tuple(axes), tuple(index)
 
 
 def resample_labels(

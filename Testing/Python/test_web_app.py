@@ -317,7 +317,9 @@ def test_ossnet_at_twice_the_resolution_from_the_data_folder(server, browser, tm
             app.choose("data-file", name)
             app.page.click("#load-data-file")
             app.page.wait_for_timeout(500)
-        app.segment_enabled()
+        # Two 240 x 240 x 155 volumes are loaded, checked and drawn in four software-rendered views
+        # before Segment is enabled: on a loaded 2-core CI machine that took over a minute once.
+        app.segment_enabled(timeout=240000)
         app.set_number("resolution-field", 2)
         app.page.wait_for_selector("#resolution-text >> text=0.5 x 0.5 x 0.5 mm", timeout=30000)
         app.shot("1_loaded")

@@ -94,7 +94,7 @@ def run_summary(result) -> RunSummary:
         quality=dict(result.quality) if scored else {},
         quality_name=QUALITY_NAME,
         likely_failure=result.likely_failure,
-        warning_threshold=result.quality_warning_threshold,
+        warning_threshold=result.nqm_warning_threshold,
         warnings=tuple(result.warnings),
         output_name=_name(result.segmentation),
         details=tuple(volume_lines(result.volumes)) + ((spread_line,) if spread_line else ()),

@@ -21,7 +21,7 @@ import numpy as np
 
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.progress import ProgressCallback, scaled
-from EfficientSegmentationCommon.grids import KJISlices, crop_to_corners
+from EfficientSegmentationCommon.grids import KJISlices, axis_aligned_grid, crop_to_corners
 from EfficientSegmentationCommon.resampling import resample
 from EfficientSegmentationCommon.segmentation_output import SegmentSpec
 
@@ -57,14 +57,23 @@ def segment_side(image: np.ndarray, geometry: VolumeGeometry, box: HippocampusBo
                  uncertainty: bool = False) -> SideResult:
     """Segment the hippocampus in ``box`` of ``image`` (raw intensities, KJI, on ``geometry``).
 
-    ``infer`` runs the model on a normalised (D, H, W) array on the box's grid of ``spacing``
-    (mm, I J K) and returns an object with ``mean`` and ``std`` (K, D, H, W) and ``quality`` (K,), as
-    :func:`.inference.segment` does. Raises ``InputVolumeError`` when the box misses the image.
+    ``infer`` runs the model on a normalised (D, H, W) array on an axis-aligned (RAS) grid of
+    ``spacing`` (mm, I J K) covering the input voxels under the box, and returns an object with
+    ``mean`` and ``std`` (K, D, H, W) and ``quality`` (K,), as :func:`.inference.segment` does.
+    Voxels outside the (rotated) box stay background. Raises ``InputVolumeError`` when the box
+    misses the image.
+
+    The grid follows the input's voxel lattice, not the box's axes: on an input at the model's
+    spacing (any axis order or direction) the model then sees the voxels themselves, as in
+    training, instead of an interpolated copy. Interpolation at a sub-voxel offset blurs the image:
+    on 12 validation crops shifted by half a voxel, Dice fell by 0.006 and NQM rose by 42%, and
+    on the MNI152 template a box moved by hundredths of a millimetre changed the volumes by 3.5%
+    and NQM from 0.13 to 0.19 (RESULTS.md, whole head).
     """
-    grid = box.grid(spacing)
-    model_image = normalize_intensity(resample(image, geometry, grid, order=1))
-    result = infer(model_image)
     slices, under_box = crop_to_corners(geometry, box.corners_ras, f"the {box.side} hippocampus box")
+    grid = axis_aligned_grid(under_box, spacing)
+    model_image = normalize_intensity(resample(image[slices], under_box, grid, order=1))
+    result = infer(model_image)
     # Voxels of the input under the box's corners but outside the (rotated) box stay background.
     ijk = np.stack(np.meshgrid(*(np.arange(n) for n in under_box.shape_ijk), indexing="ij"), axis=-1)
     inside = box.contains(under_box.voxel_to_ras(ijk)).transpose(2, 1, 0)

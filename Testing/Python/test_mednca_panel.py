@@ -283,12 +283,13 @@ def test_model_items_from_the_real_registry(tmp_path):
     assert item.tooltip.splitlines()[-1] == f"Weights file missing: {tmp_path / 'nothing.pt'}"
 
 
-def result(quality, threshold, warnings=(), structure_spread=None, spread_threshold=None):
+def result(quality, threshold, warnings=(), structure_spread=None, spread_threshold=None, mode="crop"):
     node = slicer.vtkMRMLSegmentationNode()
     node.SetName("hippocampus_001 Med-NCA")
     return MedNCAResult(node, np.zeros((2, 2, 2), np.uint8), VolumeGeometry.compose((2, 2, 2), (1.0, 1.0, 1.0)), quality,
                         None, 12.0, list(warnings), quality_warning_threshold=threshold,
-                        structure_spread=structure_spread or {}, structure_spread_warning_threshold=spread_threshold)
+                        structure_spread=structure_spread or {}, structure_spread_warning_threshold=spread_threshold,
+                        mode=mode)
 
 
 def test_run_summary_of_a_good_result():
@@ -315,7 +316,7 @@ def test_run_summary_warns_in_red_when_the_logic_flags_a_likely_failure():
 
 
 def test_one_run_has_no_quality_score():
-    one_run = "One run gives no quality score (NQM needs the spread of at least 2 runs)"
+    one_run = "One run gives no quality scores (NQM and the spread inside the structure need at least 2 runs)"
     summary = run_summary(result({"anterior hippocampus": None, "posterior hippocampus": None}, 0.1, [one_run]))
     assert summary.quality == {} and not summary.likely_failure
     panel = SegmentPanel()
@@ -426,8 +427,12 @@ def test_spread_inside_the_structure_flags_a_result_that_nqm_passes():
     assert not good.likely_failure and good.failure_signals == []
     crop = result(quality, 0.1561, structure_spread={"structure": 0.071}, spread_threshold=0.0548)
     assert crop.likely_failure and crop.failure_signals == ["spread inside the structure above 0.0548"]
-    head = result(quality, 0.1561, structure_spread={"left": 0.03, "right": 0.09}, spread_threshold=0.0548)
+    head = result(quality, 0.1561, structure_spread={"left": 0.03, "right": 0.09}, spread_threshold=0.0548, mode="head")
     assert head.failure_signals == ["spread inside the structure above 0.0548 (right)"]
+    # On a whole head NQM (which grows with the box) does not warn; the spread inside does.
+    wide = result({"left posterior hippocampus": 0.19}, 0.173, structure_spread={"left": 0.044, "right": 0.047},
+                  spread_threshold=0.0548, mode="head")
+    assert not wide.likely_failure
     both = result({"anterior hippocampus": 0.3, "posterior hippocampus": 0.06}, 0.1561,
                   structure_spread={"structure": 0.09}, spread_threshold=0.0548)
     assert both.failure_signals == ["NQM above 0.1561 (anterior hippocampus)", "spread inside the structure above 0.0548"]

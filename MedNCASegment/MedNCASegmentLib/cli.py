@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, str]] = []
 
     def process(path: str) -> batch.BatchOutcome:
-        row = {"input": path, "status": "failed", "mode": ""}
+        row = {"input": path, "status": "failed", "likely failure": "", "mode": ""}
         rows.append(row)  # before loading: an input that cannot be read has its row too
         try:
             volume = load_volume(scene, path, names[path])
@@ -79,18 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = logic.segment(volume, settings, roi=roi, progressCallback=batch.ProgressBar(volume.GetName()))
             written = batch.write_result(result, batch.output_path(args.output_dir, volume.GetName(), args.format),
                                          volume)
-            row.update(volume_row(result.mode, result.volumes), status="ok")
+            row.update(volume_row(result.mode, result.volumes), status="ok",
+                       **{"likely failure": "yes" if result.likely_failure else "no"})
             if any(score is None for score in result.quality.values()):
                 quality = f"unavailable with {settings.runs} run"
             else:
                 quality = ", ".join(f"{name} {score:.3f}" for name, score in result.quality.items())
                 spread = structure_spread_values(result)
                 quality += f"; spread inside the structure: {spread}" if spread else ""
-            warning = " WARNING: likely failure" if result.likely_failure else ""
             return batch.BatchOutcome(volume.GetName(), True,
                                       f"{written} ({result.seconds:.1f} s, {result.mode} mode; "
-                                      f"{result.volumes.summary()}; quality score NQM: {quality}){warning}",
-                                      result.seconds, result.warnings)
+                                      f"{result.volumes.summary()}; quality score NQM: {quality})",
+                                      result.seconds, result.warnings, flagged=result.likely_failure)
         finally:
             scene.Clear(0)  # keep memory flat over long batches
 

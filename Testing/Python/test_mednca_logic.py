@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,6 +177,32 @@ def test_bad_inputs_give_clear_errors(scene, logic) -> None:
         logic.segment(case.volume, roi=roi)
     with pytest.raises(ValueError, match="runs"):
         logic.segment(case.volume, runs=0)
+
+
+def test_cli_counts_and_marks_likely_failures(tmp_path, capsys) -> None:
+    """A batch with a good scan and a scrambled one (no anatomy): the scrambled one's line starts
+    with CHECK and names the signal, the summary counts it, the volumes table marks it."""
+    import csv
+
+    import nibabel
+
+    image, _ = hippocampus_paths(VALIDATION_CASE)
+    nifti = nibabel.load(str(image))
+    voxels = np.asarray(nifti.dataobj, dtype=np.float32)
+    scrambled = np.random.default_rng(0).permutation(voxels.ravel()).reshape(voxels.shape)
+    bad = tmp_path / "scrambled.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(scrambled, nifti.affine), str(bad))
+    table = tmp_path / "volumes.csv"
+    status = cli.main([str(image), str(bad), "-o", str(tmp_path / "out"), "--volumes", str(table),
+                       "--seed", str(CARD["evaluation"]["seed"])])
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert any(line.startswith(f"ok     {VALIDATION_CASE}:") for line in printed.splitlines())
+    assert any(line.startswith("CHECK  scrambled:") for line in printed.splitlines())
+    assert "The runs disagree" in printed and "likely wrong" in printed
+    assert "summary: 2 of 2 segmented (1 flagged as likely failures: check them), 0 failed" in printed
+    rows = {Path(row["input"]).name: row for row in csv.DictReader(table.open())}
+    assert rows[image.name]["likely failure"] == "no" and rows["scrambled.nii.gz"]["likely failure"] == "yes"
 
 
 def test_cli_segments_several_files_and_survives_a_bad_one(tmp_path, capsys) -> None:

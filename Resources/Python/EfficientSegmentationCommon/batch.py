@@ -175,10 +175,14 @@ class BatchOutcome:
     detail: str
     seconds: float = 0.0
     warnings: Sequence[str] = ()  # the result's warnings, printed under its line
+    flagged: bool = False  # segmented, but its quality signals call it a likely failure
 
 
 def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], names: dict[str, str] | None = None) -> int:
     """Process every item, report each, print a summary; exit status 1 if any failed.
+
+    Each item's line starts with ``ok``, ``CHECK`` (segmented, flagged as a likely failure: its
+    warnings say why) or ``FAILED``; the summary counts the flagged ones too.
 
     ``names`` (item -> name) names the items in the report (default: the item's base name).
     """
@@ -192,11 +196,14 @@ def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], name
             detail = str(error) if isinstance(error, InputVolumeError) else f"{type(error).__name__}: {error}"
             outcome = BatchOutcome((names or {}).get(item, os.path.basename(item)), False, detail)
         outcomes.append(outcome)
-        print(f"{'ok    ' if outcome.ok else 'FAILED'} {outcome.name}: {outcome.detail}", flush=True)
+        status = "FAILED" if not outcome.ok else "CHECK " if outcome.flagged else "ok    "
+        print(f"{status} {outcome.name}: {outcome.detail}", flush=True)
         for warning in outcome.warnings:
             print(f"       warning: {warning}", flush=True)
     succeeded = [o for o in outcomes if o.ok]
     mean_seconds = sum(o.seconds for o in succeeded) / len(succeeded) if succeeded else 0.0
-    print(f"summary: {len(succeeded)} of {len(outcomes)} segmented, {len(outcomes) - len(succeeded)} failed; "
+    flagged = sum(o.flagged for o in succeeded)
+    checks = f" ({flagged} flagged as likely failures: check them)" if flagged else ""
+    print(f"summary: {len(succeeded)} of {len(outcomes)} segmented{checks}, {len(outcomes) - len(succeeded)} failed; "
           f"{mean_seconds:.1f} s per volume", flush=True)
     return 0 if len(succeeded) == len(outcomes) else 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,3 +98,25 @@ def publish(table: str, report: dict, json_path: Path | None) -> None:
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def paired_runs(run: Callable[[bool], dict], repeats: int, describe: Callable[[dict], str],
+                labels: tuple[str, str] = ("plain", "preview")) -> dict[bool, list[dict]]:
+    """A change timed against its baseline in one process: one warm-up ``run(False)`` (model load,
+    first-touch allocations), then ``repeats`` interleaved pairs ``run(False)``, ``run(True)``, so
+    that load from other processes falls on both alike. Each run's row (a dict, e.g. seconds) is
+    reported on stderr as ``describe(row)`` after its label; returns the rows per side."""
+    run(False)
+    rows: dict[bool, list[dict]] = {False: [], True: []}
+    width = max(len(label) for label in labels)
+    for repeat in range(repeats):
+        for changed in (False, True):
+            rows[changed].append(run(changed))
+            print(f"repeat {repeat + 1} {labels[changed]:<{width}}: {describe(rows[changed][-1])}",
+                  file=sys.stderr, flush=True)
+    return rows
+
+
+def medians(rows: dict[bool, list[dict]], key: str) -> dict[bool, float]:
+    """The median of ``key`` over each side's rows of :func:`paired_runs`."""
+    return {side: statistics.median(row[key] for row in side_rows) for side, side_rows in rows.items()}

@@ -21,6 +21,8 @@ import time
 import os
 from pathlib import Path
 
+from measurement import medians, paired_runs
+
 REPO = Path(__file__).resolve().parents[2]
 # The project's data (EFFSEG_DATA overrides, as for the tests).
 DATA = Path(os.environ.get("EFFSEG_DATA", REPO.parent / "shared" / "data")) / "Task04_Hippocampus"
@@ -72,16 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             preview.remove()
         return row
 
-    run(False)  # warm-up: model load, first-touch allocations
-    rows: dict[bool, list[dict]] = {False: [], True: []}
-    for repeat in range(args.repeats):
-        for with_preview in (False, True):
-            rows[with_preview].append(run(with_preview))
-            r = rows[with_preview][-1]
-            print(f"repeat {repeat + 1} {'preview' if with_preview else 'plain  '}: {r['wall']:.2f} s wall, "
-                  f"{r['cpu']:.2f} s CPU, {r['frames']} preview frames", file=sys.stderr, flush=True)
-    wall = {k: statistics.median(r["wall"] for r in v) for k, v in rows.items()}
-    cpu = {k: statistics.median(r["cpu"] for r in v) for k, v in rows.items()}
+    rows = paired_runs(run, args.repeats,
+                       lambda r: f"{r['wall']:.2f} s wall, {r['cpu']:.2f} s CPU, {r['frames']} preview frames")
+    wall, cpu = medians(rows, "wall"), medians(rows, "cpu")
     frames = statistics.median(r["frames"] for r in rows[True])
     print(f"## Live preview cost: {args.case}, runs={args.runs}, {args.repeats} pairs, preview at most every "
           f"{PREVIEW_INTERVAL_S} s, poll every {POLL_S} s\n")

@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from measurement import medians, paired_runs
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("EFFSEG_DATA", REPO.parent / "shared" / "data")) / "Task04_Hippocampus"
@@ -82,20 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                 page.wait_for_selector("#result-text >> text=Done in", timeout=1200000)
                 return {"wall": time.perf_counter() - wall, "cpu": cpu_seconds(server.pid) - cpu}
 
-            run(False)  # warm-up: model load, first-touch allocations
-            rows: dict[bool, list[dict]] = {False: [], True: []}
-            for repeat in range(args.repeats):
-                for with_preview in (False, True):
-                    rows[with_preview].append(run(with_preview))
-                    r = rows[with_preview][-1]
-                    print(f"repeat {repeat + 1} {'preview' if with_preview else 'plain  '}: {r['wall']:.2f} s wall, "
-                          f"{r['cpu']:.2f} s server CPU", file=sys.stderr, flush=True)
+            rows = paired_runs(run, args.repeats, lambda r: f"{r['wall']:.2f} s wall, {r['cpu']:.2f} s server CPU")
             browser.close()
     finally:
         server.terminate()
         server.wait(30)
-    wall = {k: statistics.median(r["wall"] for r in v) for k, v in rows.items()}
-    cpu = {k: statistics.median(r["cpu"] for r in v) for k, v in rows.items()}
+    wall, cpu = medians(rows, "wall"), medians(rows, "cpu")
     print(f"## Live preview cost in the web app: {args.case}, runs={args.runs}, {args.repeats} pairs, "
           f"{args.threads} torch thread(s)\n")
     print("| run | wall s, click to result (median) | server CPU s (median, all threads) |\n|---|---:|---:|")

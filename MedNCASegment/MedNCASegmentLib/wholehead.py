@@ -65,10 +65,11 @@ def segment_side(image: np.ndarray, geometry: VolumeGeometry, box: HippocampusBo
 
     The grid follows the input's voxel lattice, not the box's axes: on an input at the model's
     spacing (any axis order or direction) the model then sees the voxels themselves, as in
-    training, instead of an interpolated copy. Interpolation at a sub-voxel offset blurs the image:
-    on 12 validation crops shifted by half a voxel, Dice fell by 0.006 and NQM rose by 42%, and
-    on the MNI152 template a box moved by hundredths of a millimetre changed the volumes by 3.5%
-    and NQM from 0.13 to 0.19 (RESULTS.md, whole head).
+    training, instead of an interpolated copy, and the result does not depend on where a box
+    falls between voxels. Interpolation at a sub-voxel offset blurs the image: on 12 validation
+    crops shifted by half a voxel, Dice fell by 0.006 and NQM rose by 42%; with the box's own
+    grid, boxes a few hundredths of a millimetre apart changed the MNI152 template's volumes by
+    3.5% (RESULTS.md, whole head).
     """
     slices, under_box = crop_to_corners(geometry, box.corners_ras, f"the {box.side} hippocampus box")
     grid = axis_aligned_grid(under_box, spacing)

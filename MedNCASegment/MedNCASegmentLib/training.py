@@ -187,7 +187,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=None)
     parser.add_argument("--global-steps", type=int, default=None)
     parser.add_argument("--refinement-steps", type=int, default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.artefact_share <= 1.0:
+        parser.error(f"--artefact-share must be a fraction from 0 to 1, not {args.artefact_share}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,3 +157,13 @@ def test_quality_analysis_reports_the_logics_rule_of_either_signal():
     lines, report = rb.quality_analysis(rows, entry, None)
     assert report["shipped_rule"] == {"sensitivity": pytest.approx(2 / 3), "specificity": 1.0, "flagged": 2}
     assert "Failures the logic's warning misses: 1, foreground Dice 0.790 to 0.790." in lines
+
+
+def test_training_refuses_an_artefact_share_outside_zero_to_one(capsys):
+    from MedNCASegmentLib.training import parse_args
+
+    required = ["--work-dir", "work", "--output", "weights.pt"]
+    assert parse_args([*required, "--artefact-share", "0.3"]).artefact_share == 0.3
+    with pytest.raises(SystemExit):
+        parse_args([*required, "--artefact-share", "1.5"])
+    assert "--artefact-share must be a fraction from 0 to 1, not 1.5" in capsys.readouterr().err

@@ -190,6 +190,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0.0 <= args.artefact_share <= 1.0:
         parser.error(f"--artefact-share must be a fraction from 0 to 1, not {args.artefact_share}")
+    if args.artefact_copies < 0:
+        parser.error(f"--artefact-copies must be 0 or more, not {args.artefact_copies}")
     return args
 
 

@@ -159,7 +159,7 @@ def test_quality_analysis_reports_the_logics_rule_of_either_signal():
     assert "Failures the logic's warning misses: 1, foreground Dice 0.790 to 0.790." in lines
 
 
-def test_training_refuses_an_artefact_share_outside_zero_to_one(capsys):
+def test_training_refuses_an_artefact_share_outside_zero_to_one_and_negative_copies(capsys):
     from MedNCASegmentLib.training import parse_args
 
     required = ["--work-dir", "work", "--output", "weights.pt"]
@@ -167,3 +167,6 @@ def test_training_refuses_an_artefact_share_outside_zero_to_one(capsys):
     with pytest.raises(SystemExit):
         parse_args([*required, "--artefact-share", "1.5"])
     assert "--artefact-share must be a fraction from 0 to 1, not 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args([*required, "--artefact-copies", "-1"])
+    assert "--artefact-copies must be 0 or more, not -1" in capsys.readouterr().err

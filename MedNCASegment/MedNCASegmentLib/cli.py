@@ -18,6 +18,7 @@ the left/right asymmetry index (L-R)/((L+R)/2) x 100 %.
 from __future__ import annotations
 
 import argparse
+import math
 import csv
 import sys
 from collections.abc import Sequence
@@ -79,9 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = logic.segment(volume, settings, roi=roi, progressCallback=batch.ProgressBar(volume.GetName()))
             written = batch.write_result(result, batch.output_path(args.output_dir, volume.GetName(), args.format),
                                          volume)
-            row.update(volume_row(result.mode, result.volumes), status="ok",
-                       **{"likely failure": "yes" if result.likely_failure else "no"})
-            if any(score is None for score in result.quality.values()):
+            scored = all(score is not None for score in result.quality.values())
+            flag = "yes" if result.likely_failure else "no" if scored else f"unknown ({settings.runs} run)"
+            row.update(volume_row(result.mode, result.volumes), status="ok", **{"likely failure": flag})
+            if not scored:
                 quality = f"unavailable with {settings.runs} run"
             else:
                 quality = ", ".join(f"{name} {score:.3f}" for name, score in result.quality.items())
@@ -110,10 +112,11 @@ def manual_roi(scene, values):
 
 
 def volume_row(mode: str, volumes: HippocampusVolumes) -> dict[str, str]:
-    """A CSV row's values: the mode and each volume (mm3, 1 decimal; empty where it does not apply)."""
+    """A CSV row's values: the mode and each volume (mm3, 1 decimal; empty where it does not apply,
+    as the asymmetry index of a crop or of two empty sides)."""
     row = {"mode": mode}
     for column, value in volumes.table().items():
-        row[column] = "" if value is None else f"{value:.1f}"
+        row[column] = "" if value is None or math.isnan(value) else f"{value:.1f}"
     return row
 
 

@@ -134,7 +134,7 @@ class MedNCAResult:
     def failure_signals(self) -> list[str]:
         """The quality signals above the model's warning thresholds, as phrases for a message:
         NQM of a segment, and the spread inside a structure (thresholds and their evidence in the
-        model card).
+        model card); with a score (2 or more runs), also a structure with nothing segmented.
 
         On a whole head only the spread inside the structure warns. NQM divides the runs' spread
         over the whole box by the segmented mass, so it grows with the box, and its threshold was
@@ -142,6 +142,11 @@ class MedNCAResult:
         a posterior NQM of 0.19 (threshold 0.173) with a plausible segmentation and a spread
         inside the structure of 0.044-0.047 (threshold 0.0548)."""
         signals = []
+        scored = any(score is not None for score in self.quality.values())
+        empty = [name for name, value in self.structure_spread.items() if value is None] if scored else []
+        if empty:  # counted as flagged when the spread threshold was chosen (robustness_benchmark.py)
+            where = [name for name in empty if name != "structure"]
+            signals.append("nothing segmented" + (f" ({', '.join(where)})" if where else ""))
         for scores, threshold, what in ((self.quality, self.nqm_warning_threshold, "NQM"),
                                         (self.structure_spread, self.structure_spread_warning_threshold,
                                          "spread inside the structure")):
@@ -154,8 +159,8 @@ class MedNCAResult:
 
     @property
     def likely_failure(self) -> bool:
-        """True when either quality signal exceeds its warning threshold: NQM of any segment, or
-        the spread inside any structure (see :attr:`failure_signals`)."""
+        """True when either quality signal exceeds its warning threshold (NQM of any segment, or
+        the spread inside any structure), or a scored structure is empty (see :attr:`failure_signals`)."""
         return bool(self.failure_signals)
 
 
@@ -417,7 +422,7 @@ class MedNCASegmentLogic(RegistryLogic):
                                        "runs for them.")
             if result.likely_failure:
                 result.warnings.append(
-                    f"The runs disagree ({'; '.join(result.failure_signals)}): the segmentation is likely wrong. "
+                    f"The segmentation is likely wrong ({'; '.join(result.failure_signals)}). "
                     "Check it. The image may be degraded (motion, noise, blur, thick slices) or not a T1 of the "
                     "hippocampus; an ROI box around one hippocampus, or more steps, can help.")
             empty = empty_result_warning(labels, [spec.name for spec in segments], volume.GetName())

@@ -202,8 +202,10 @@ class HippocampusVolumes:
         if self.left_mm3 is None or self.right_mm3 is None:
             parts = ", ".join(f"{name} {value:.0f}" for name, value in self.segments_mm3.items())
             return f"volume {self.total_mm3:.0f} mm3 ({parts})"
+        asymmetry = self.asymmetry_percent
+        asymmetry_text = "n/a (both sides empty)" if math.isnan(asymmetry) else f"{asymmetry:+.1f} %"
         return (f"left {self.left_mm3:.0f} mm3, right {self.right_mm3:.0f} mm3, total {self.total_mm3:.0f} mm3, "
-                f"asymmetry index (L-R)/((L+R)/2) {self.asymmetry_percent:+.1f} %")
+                f"asymmetry index (L-R)/((L+R)/2) {asymmetry_text}")
 
 
 def measure_volumes(labels_kji: np.ndarray, geometry: VolumeGeometry, segments: Sequence[SegmentSpec],

@@ -199,8 +199,8 @@ def test_cli_counts_and_marks_likely_failures(tmp_path, capsys) -> None:
     assert status == 0
     assert any(line.startswith(f"ok     {VALIDATION_CASE}:") for line in printed.splitlines())
     assert any(line.startswith("CHECK  scrambled:") for line in printed.splitlines())
-    assert "The runs disagree" in printed and "likely wrong" in printed
-    assert "summary: 2 of 2 segmented (1 flagged as likely failures: check them), 0 failed" in printed
+    assert "The segmentation is likely wrong (nothing segmented; NQM above" in printed
+    assert "summary: 2 of 2 segmented (1 flagged as a likely failure: check it), 0 failed" in printed
     rows = {Path(row["input"]).name: row for row in csv.DictReader(table.open())}
     assert rows[image.name]["likely failure"] == "no" and rows["scrambled.nii.gz"]["likely failure"] == "yes"
 

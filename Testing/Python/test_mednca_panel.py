@@ -433,6 +433,10 @@ def test_spread_inside_the_structure_flags_a_result_that_nqm_passes():
     wide = result({"left posterior hippocampus": 0.19}, 0.173, structure_spread={"left": 0.044, "right": 0.047},
                   spread_threshold=0.0548, mode="head")
     assert not wide.likely_failure
+    # With a score, a structure with nothing segmented is flagged (not after one run: no score).
+    nothing = result({"left posterior hippocampus": 1.7}, 0.173, structure_spread={"left": None, "right": None},
+                     spread_threshold=0.0548, mode="head")
+    assert nothing.likely_failure and nothing.failure_signals == ["nothing segmented (left, right)"]
     both = result({"anterior hippocampus": 0.3, "posterior hippocampus": 0.06}, 0.1561,
                   structure_spread={"structure": 0.09}, spread_threshold=0.0548)
     assert both.failure_signals == ["NQM above 0.1561 (anterior hippocampus)", "spread inside the structure above 0.0548"]

@@ -22,12 +22,18 @@ from MedNCASegmentLib.box_nodes import SIDE_ATTRIBUTE, box_from_roi, box_to_roi
 from MedNCASegmentLib.localization import HippocampusBox, LocalizationError, template_path
 from MedNCASegmentLib.logic import VOLUME_ATTRIBUTE, MedNCASegmentLogic
 from MedNCASegmentLib.settings import MedNCASettings
-from MedNCASegmentLib.wholehead import asymmetry_index
+from MedNCASegmentLib.wholehead import HippocampusVolumes, asymmetry_index
 from scipy.spatial.transform import Rotation
 
 
 def test_asymmetry_index_definition():
+    from MedNCASegmentLib.cli import volume_row
+
     assert asymmetry_index(3000.0, 3000.0) == 0.0
+    empty = HippocampusVolumes({"left anterior hippocampus": 0.0, "left posterior hippocampus": 0.0,
+                                "right anterior hippocampus": 0.0, "right posterior hippocampus": 0.0}, 0.0, 0.0)
+    assert empty.summary().endswith("asymmetry index (L-R)/((L+R)/2) n/a (both sides empty)")
+    assert volume_row("head", empty)["asymmetry index (%)"] == ""
     assert asymmetry_index(3300.0, 2700.0) == 20.0  # (L-R)/((L+R)/2) x 100
     assert asymmetry_index(2700.0, 3300.0) == -20.0
     assert np.isnan(asymmetry_index(0.0, 0.0))
@@ -217,6 +223,7 @@ def test_cli_manual_roi_and_volumes_csv(tmp_path, capsys):
     (row,) = list(csv.DictReader(table.open()))
     written = np.asarray(nibabel.load(str(tmp_path / "out" / "hippocampus_001.nii.gz")).dataobj)
     assert row["status"] == "ok" and row["mode"] == "crop" and row["left hippocampus (mm3)"] == ""
+    assert row["likely failure"] == "unknown (1 run)"  # one run gives no quality signals
     assert float(row["total (mm3)"]) == pytest.approx(np.count_nonzero(written), abs=0.05)  # 1 mm voxels
     assert float(row["anterior hippocampus (mm3)"]) == pytest.approx(np.count_nonzero(written == 1), abs=0.05)
     outside = np.ones(written.shape, bool)

@@ -203,7 +203,8 @@ def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], name
     succeeded = [o for o in outcomes if o.ok]
     mean_seconds = sum(o.seconds for o in succeeded) / len(succeeded) if succeeded else 0.0
     flagged = sum(o.flagged for o in succeeded)
-    checks = f" ({flagged} flagged as likely failures: check them)" if flagged else ""
+    checks = ("" if not flagged else " (1 flagged as a likely failure: check it)" if flagged == 1
+              else f" ({flagged} flagged as likely failures: check them)")
     print(f"summary: {len(succeeded)} of {len(outcomes)} segmented{checks}, {len(outcomes) - len(succeeded)} failed; "
           f"{mean_seconds:.1f} s per volume", flush=True)
     return 0 if len(succeeded) == len(outcomes) else 1

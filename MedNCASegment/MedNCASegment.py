@@ -68,7 +68,7 @@ class MedNCASegment(ScriptedLoadableModule):
             "shown; a crop around one hippocampus, or an ROI, is segmented as one hippocampus. The button "
             "turns into Cancel while the model runs, and Slicer stays usable. After the run, the quality "
             "score (NQM) and the spread inside the structure tell how much the stochastic runs disagreed: "
-            "a high value, shown in red, signals a likely failure. PyTorch is installed through the PyTorch extension on first use. "
+            "a high spread inside the structure, shown in red, signals a likely failure. PyTorch is installed through the PyTorch extension on first use. "
             "See the extension's README for details."
         )
         self.parent.acknowledgementText = _(

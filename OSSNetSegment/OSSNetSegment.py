@@ -120,13 +120,17 @@ class OSSNetSegmentWidget(SegmentWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 if match is not None:
                     setattr(self._parameterNode, field, match)
 
-    def _modelInputs(self) -> tuple:
-        """The selected model's inputs (modality names, in order)."""
+    def _modelEntry(self):
+        """The selected model's registry entry, or None (none selected, or an unreadable registry)."""
         modelId = self._parameterNode.model if self._parameterNode else ""
         try:
-            entry = next((e for e in self.logic.models() if e.id == modelId), None)
+            return next((e for e in self.logic.models() if e.id == modelId), None)
         except Exception:  # unreadable registry: the model problem says so
-            entry = None
+            return None
+
+    def _modelInputs(self) -> tuple:
+        """The selected model's inputs (modality names, in order)."""
+        entry = self._modelEntry()
         return tuple(entry.inputs) if entry is not None else DEFAULT_INPUTS
 
     def _checkCanApply(self, caller=None, event=None) -> None:
@@ -145,7 +149,9 @@ class OSSNetSegmentWidget(SegmentWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             volumes = input_volumes(node, len(names))
             problem = inputs_problem(volumes, names, self.logic.inputProblem) or self._modelProblem(node.model)
             try:
-                self.ui.gridLabel.text = resolution_text(volumes[0], node.inputROI, len(names), panel_settings(node))
+                entry = self._modelEntry()
+                self.ui.gridLabel.text = resolution_text(volumes[0], node.inputROI, len(names), panel_settings(node),
+                                                         entry.orientation if entry is not None else "RAS")
             except ValueError as error:  # a setting out of range (e.g. a scene saved by another version)
                 self.ui.gridLabel.text = str(error)
         else:

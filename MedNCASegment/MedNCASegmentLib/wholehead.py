@@ -54,11 +54,11 @@ class SideResult:
 
 def segment_side(image: np.ndarray, geometry: VolumeGeometry, box: HippocampusBox, spacing: Sequence[float],
                  infer: Callable[[np.ndarray], object], keep_largest: bool = True,
-                 uncertainty: bool = False) -> SideResult:
+                 uncertainty: bool = False, orientation: str = "RAS") -> SideResult:
     """Segment the hippocampus in ``box`` of ``image`` (raw intensities, KJI, on ``geometry``).
 
-    ``infer`` runs the model on a normalised (D, H, W) array on an axis-aligned (RAS) grid of
-    ``spacing`` (mm, I J K) covering the input voxels under the box, and returns an object with
+    ``infer`` runs the model on a normalised (D, H, W) array on an axis-aligned grid of
+    ``spacing`` (mm, I J K) and the model's ``orientation`` (``grids.axis_aligned_grid``) covering the input voxels under the box, and returns an object with
     ``mean`` and ``std`` (K, D, H, W) and ``quality`` (K,), as :func:`.inference.segment` does.
     Voxels outside the (rotated) box stay background. Raises ``InputVolumeError`` when the box
     misses the image.
@@ -72,7 +72,7 @@ def segment_side(image: np.ndarray, geometry: VolumeGeometry, box: HippocampusBo
     3.5% (RESULTS.md, whole head).
     """
     slices, under_box = crop_to_corners(geometry, box.corners_ras, f"the {box.side} hippocampus box")
-    grid = axis_aligned_grid(under_box, spacing)
+    grid = axis_aligned_grid(under_box, spacing, orientation)
     model_image = normalize_intensity(resample(image[slices], under_box, grid, order=1))
     result = infer(model_image)
     # Voxels of the input under the box's corners but outside the (rotated) box stay background.
@@ -121,13 +121,15 @@ LOCATE_SHARE = 0.05
 def segment_head(image: np.ndarray, geometry: VolumeGeometry, spacing: Sequence[float], classes: int,
                  infer: Callable[[np.ndarray, ProgressCallback], object],
                  boxes: dict[str, HippocampusBox] | None = None, keep_largest: bool = True,
-                 uncertainty: bool = False, progress: ProgressCallback | None = None) -> HeadResult:
+                 uncertainty: bool = False, progress: ProgressCallback | None = None,
+                 orientation: str = "RAS") -> HeadResult:
     """Segment both hippocampi of a head ``image`` (raw intensities, KJI, on ``geometry``).
 
     Locates the boxes (:func:`.localization.locate_hippocampi`) unless ``boxes`` gives them
     (e.g. as the user adjusted them), then segments each side (:func:`segment_side`) with
     ``infer(model_image, progress)`` and places both in one label map. Progress messages name
-    the stage: "locating", "left", "right". Raises ``LocalizationError`` when the head cannot
+    the stage: "locating", "left", "right". ``spacing`` and ``orientation``: the model's grid
+    (its registry entry). Raises ``LocalizationError`` when the head cannot
     be located, and whatever ``infer`` or ``progress`` raise (a cancel request).
     """
     report = progress or (lambda fraction, message: None)
@@ -146,7 +148,8 @@ def segment_head(image: np.ndarray, geometry: VolumeGeometry, spacing: Sequence[
             return infer(model_image, lambda fraction, message: side_progress(fraction, f"{side}: {message}"))
 
         side_progress(0.0, f"{side}: segmenting")
-        results.append(segment_side(image, geometry, boxes[side], spacing, run, keep_largest, uncertainty))
+        results.append(segment_side(image, geometry, boxes[side], spacing, run, keep_largest, uncertainty,
+                                    orientation))
     labels = place_sides(results, geometry.shape_kji, classes)
     spread = None
     if uncertainty:

@@ -135,7 +135,8 @@ def write_card(model_path: Path, split_path: Path, validation: list[dict], train
         "task": "brain tumour (glioma) whole tumour: necrosis, edema, non-enhancing and enhancing tumour together",
         "inputs": list(model.config.inputs),
         "input_requirements": "skull-stripped FLAIR and contrast-enhanced T1 on one grid, background constant "
-                              "(BraTS-style); axial arrays as BraTS provides them",
+                              "(BraTS-style); read in the voxel order of the BraTS files (LPS; registry "
+                              "orientation) whatever the input file uses",
         "segments": [{"name": SEGMENT_NAME, "label": 1, "color": list(SEGMENT_COLOR),
                       "labels_in_data": list(REGIONS[SEGMENT_NAME])}],
         "spacing": [1.0, 1.0, 1.0],

@@ -11,9 +11,10 @@ reads the scene (main thread), ``compute`` runs the model on plain arrays (any t
 or failed run leaves the scene as it was, and the input volumes are never modified.
 
 Grids: the inputs are brought onto the first input's grid (the second is resampled there if
-its grid differs, with a note in the result). The model reads arrays in their axis order, as
-it was trained on axial scans: an input whose axes are the patient axes (any flips) is used as
-it is; an oblique or non-axial one is resampled onto an axis-aligned grid first. The output
+its grid differs, with a note in the result). The model reads its input in its training data's
+voxel order (the registry entry's ``orientation``, LPS for BraTS): an input whose axes are the
+patient axes (any order, any flips) is re-indexed into it, so the same scan stored LPS or RAS
+gives the same result; an oblique one is resampled onto an axis-aligned grid first. The output
 grid covers the same box (the ROI's, if one is given) at the chosen spacing, so the
 segmentation lives on a grid finer or coarser than the input when the user asks for one.
 """
@@ -174,10 +175,10 @@ class OSSNetSegmentLogic(RegistryLogic):
         crop = None
         if roi is not None:
             crop, reference = crop_to_roi(reference, roi)
-        plan = plan_output_grid(reference, len(entry.inputs), settings)
+        plan = plan_output_grid(reference, len(entry.inputs), settings, entry.orientation)
         plan.check()
         if plan.resampled:
-            notes.append("The input is oblique or not axial; it was resampled onto an axis-aligned grid.")
+            notes.append("The input is oblique; it was resampled onto an axis-aligned grid.")
         return OSSNetJob(volumes, entry, settings, images, crop, reference, plan, outputSegmentation, notes)
 
     @staticmethod
@@ -209,7 +210,7 @@ class OSSNetSegmentLogic(RegistryLogic):
         if job.crop is not None:
             volume = volume[(slice(None), *job.crop)]
         model_grid = job.plan.model_grid
-        if job.plan.resampled:
+        if model_grid != job.input_grid:  # another voxel order (re-indexed) or oblique (interpolated)
             volume = [resample(channel, job.input_grid, model_grid, order=1, fill=BACKGROUND) for channel in volume]
         result = segment(network, list(volume), model_grid.spacing, output_spacing=job.plan.output.spacing,
                          chunk_size=job.settings.chunk_size, progress=scaled(report, 0.02, 1.0),

@@ -52,10 +52,10 @@ def panel_settings(parameters) -> OSSNetSettings:
     return settings_from_parameters(OSSNetSettings, parameters)
 
 
-def resolution_text(reference_volume, roi, channels: int, settings: OSSNetSettings) -> str:
+def resolution_text(reference_volume, roi, channels: int, settings: OSSNetSettings, orientation: str = "RAS") -> str:
     """The line under the resolution slider: output grid, spacing, voxels and memory, planned
-    as the run will plan it (``plan_output_grid``) for the first input (its ROI box when an ROI
-    is selected). "" when there is no usable volume yet."""
+    as the run will plan it (``plan_output_grid``, with the model's ``orientation``) for the
+    first input (its ROI box when an ROI is selected). "" when there is no usable volume yet."""
     if reference_volume is None or reference_volume.GetImageData() is None:
         return ""
     try:
@@ -64,7 +64,7 @@ def resolution_text(reference_volume, roi, channels: int, settings: OSSNetSettin
             geometry = crop_to_roi(geometry, roi)[1]
     except InputVolumeError as error:
         return str(error)
-    return "Output: " + plan_output_grid(geometry, channels, settings).summary()
+    return "Output: " + plan_output_grid(geometry, channels, settings, orientation).summary()
 
 
 def run_summary(result) -> RunSummary:

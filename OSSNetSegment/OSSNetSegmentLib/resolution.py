@@ -46,8 +46,8 @@ BYTES_PER_CHUNK_POINT = 21.6e3  # patches (off-grid: 8x8x8 gathered and interpol
 class OutputGridPlan:
     """Where a run will work and what it will cost, known before it starts.
 
-    ``model_grid`` is the grid the network reads (the input's, or an axis-aligned one for an
-    oblique input); ``output`` is the segmentation's grid: ``model_grid``'s box at the chosen
+    ``model_grid`` is the grid the network reads (the input's when it has the model's
+    orientation, else an axis-aligned one of that orientation); ``output`` is the segmentation's grid: ``model_grid``'s box at the chosen
     spacing. ``memory_bytes`` is the expected peak resident memory (see the module docstring).
     """
 
@@ -55,7 +55,7 @@ class OutputGridPlan:
     output: VolumeGeometry
     channels: int
     chunk_size: int
-    resampled: bool  # the input is oblique or not axial: it is resampled onto ``model_grid``
+    resampled: bool  # the input is oblique: it is interpolated onto ``model_grid`` (else re-indexed if needed)
 
     @property
     def voxels(self) -> int:
@@ -93,8 +93,11 @@ class OutputGridPlan:
 
 
 def is_axial(geometry: VolumeGeometry, tolerance: float = 1e-3) -> bool:
-    """True when the I, J, K axes are the R, A, S axes (each possibly flipped)."""
-    return bool(np.allclose(np.abs(geometry.direction), np.eye(3), atol=tolerance))
+    """True when the I, J, K axes are the patient axes R, A, S in any order, each possibly
+    flipped (so its voxels lie on an axis-aligned lattice: no interpolation is needed)."""
+    closest = np.round(np.abs(geometry.direction))
+    return bool(np.allclose(np.abs(geometry.direction), closest, atol=tolerance)
+                and np.array_equal(np.sort(np.argmax(closest, axis=0)), [0, 1, 2]))
 
 
 def ras_spacing(geometry: VolumeGeometry) -> tuple[float, float, float]:
@@ -103,23 +106,30 @@ def ras_spacing(geometry: VolumeGeometry) -> tuple[float, float, float]:
     return tuple(float(geometry.spacing[axis]) for axis in closest)
 
 
-def plan_output_grid(input_grid: VolumeGeometry, channels: int, settings: OSSNetSettings) -> OutputGridPlan:
+def plan_output_grid(input_grid: VolumeGeometry, channels: int, settings: OSSNetSettings,
+                     orientation: str = "RAS") -> OutputGridPlan:
     """The one place that decides a run's grids: the model's and the output's, with its memory.
 
-    The model reads arrays in their axis order, as it was trained on axial scans: an input
-    whose axes are the patient axes (any flips) is read as it is; an oblique or non-axial one
-    is resampled onto an axis-aligned grid of its RAS spacing first. The output grid covers the
-    model grid's box at ``settings.output_spacing`` (mm) when given, else at the model grid's
-    spacing divided by ``settings.resolution`` (2: twice as fine); its size is the box over the
-    new spacing, rounded (``VolumeGeometry.with_spacing``).
+    The model reads its input on an axis-aligned grid of its training data's ``orientation``
+    (the registry entry's; "LPS" for the BraTS model) at the input's spacing along R, A, S. An
+    input whose axes are the patient axes (any order, any flips) shares its voxel centres with
+    that grid, so its voxels are re-indexed, not interpolated (``resampling.resample``), and the
+    same scan stored LPS or RAS gives the same result; an oblique one is resampled
+    (``resampled``). The output grid covers the model grid's box at ``settings.output_spacing``
+    (mm) when given, else at the model grid's spacing divided by ``settings.resolution`` (2:
+    twice as fine); its size is the box over the new spacing, rounded
+    (``VolumeGeometry.with_spacing``).
 
     Args:
         input_grid: the first input's grid, or its ROI box.
         channels: the model's input volumes (memory scales with them).
         settings: the run's ``OSSNetSettings`` (resolution or output spacing, chunk size).
+        orientation: the model's (``ModelEntry.orientation``).
     """
     resampled = not is_axial(input_grid)
-    model_grid = axis_aligned_grid(input_grid, ras_spacing(input_grid)) if resampled else input_grid
+    model_grid = axis_aligned_grid(input_grid, ras_spacing(input_grid), orientation)
+    if model_grid.matches(input_grid, atol=1e-6):
+        model_grid = input_grid
     if settings.output_spacing is not None:
         spacing = np.broadcast_to(np.asarray(settings.output_spacing, dtype=np.float64), (3,))
     else:

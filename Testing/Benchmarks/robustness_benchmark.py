@@ -23,7 +23,7 @@ successes)) and, for NQM, the sensitivity and specificity at the shipped thresho
 (``qualityWarningThreshold`` in ``Resources/Models.json``) and at the threshold re-chosen here:
 the largest value that still flags at least :data:`TARGET_SENSITIVITY` of the failures; the same for
 the spread inside the predicted structure (``structureSpreadWarningThreshold``), and the
-logic's warning, which fires when either is above its shipped threshold.
+logic's warning (the spread above its threshold; NQM only for a model without one).
 OSS-Net's candidate signal (the share of uncertain voxels, probability in [0.25, 0.75], among
 those it calls tumour) is printed per result; with one validation case it cannot be validated.
 
@@ -413,7 +413,6 @@ def quality_analysis(rows: list[dict], entry: dict, typical_volumes: np.ndarray 
                "spread inside the structure": (spread_inside, entry.get("structureSpreadWarningThreshold"))}
     lines += ["", "| warning rule | threshold | sensitivity | specificity | results flagged | "
                   "sensitivity, leave one case out |", "|---|---:|---:|---:|---:|---:|"]
-    combined = np.zeros(len(nca), bool)
     for name, (values, threshold) in shipped.items():
         chosen = threshold_for_sensitivity(values, failure, TARGET_SENSITIVITY)
         held_out = leave_one_case_out(values, failure, cases, TARGET_SENSITIVITY) if len(set(cases)) > 1 else None
@@ -426,13 +425,18 @@ def quality_analysis(rows: list[dict], entry: dict, typical_volumes: np.ndarray 
             loco = f"{held_out['sensitivity']:.3f}" if held_out and label != "shipped" else "-"
             lines.append(f"| {name}, {label} | {value:.4g} | {rates['sensitivity']:.3f} | "
                          f"{rates['specificity']:.3f} | {rates['flagged']} of {len(nca)} | {loco} |")
-        if threshold is not None:
-            combined |= values > threshold
+    # The logic's rule (MedNCAResult.failure_signals): the spread warns; NQM only for a model
+    # without a spread threshold. (An empty result has spread_inside 1.0 here: flagged.)
+    warns_by = "spread inside the structure" if entry.get("structureSpreadWarningThreshold") is not None \
+        else "NQM (largest of the classes)"
+    values, threshold = shipped[warns_by]
+    combined = values > threshold if threshold is not None else np.zeros(len(nca), bool)
     if failure.any() and (~failure).any():
         sensitivity, specificity = combined[failure].mean(), (~combined[~failure]).mean()
         report["shipped_rule"] = {"sensitivity": float(sensitivity), "specificity": float(specificity),
                                   "flagged": int(combined.sum())}
-        lines.append(f"| either above its shipped threshold (the logic's warning) | - | {sensitivity:.3f} | "
+        report["shipped_rule"]["signal"] = warns_by
+        lines.append(f"| the logic's warning ({warns_by} above its shipped threshold) | - | {sensitivity:.3f} | "
                      f"{specificity:.3f} | {int(combined.sum())} of {len(nca)} | - |")
         missed = sorted(r["dice_foreground"] for r, f, c in zip(nca, failure, combined, strict=True) if f and not c)
         lines += ["", f"Failures the logic's warning misses: {len(missed)}"

@@ -199,7 +199,7 @@ def test_cli_counts_and_marks_likely_failures(tmp_path, capsys) -> None:
     assert status == 0
     assert any(line.startswith(f"ok     {VALIDATION_CASE}:") for line in printed.splitlines())
     assert any(line.startswith("CHECK  scrambled:") for line in printed.splitlines())
-    assert "The segmentation is likely wrong (nothing segmented; NQM above" in printed
+    assert "The segmentation is likely wrong (nothing segmented)" in printed
     assert "summary: 2 of 2 segmented (1 flagged as a likely failure: check it), 0 failed" in printed
     rows = {Path(row["input"]).name: row for row in csv.DictReader(table.open())}
     assert rows[image.name]["likely failure"] == "no" and rows["scrambled.nii.gz"]["likely failure"] == "yes"
@@ -234,7 +234,15 @@ def test_quality_score_flags_an_implausible_input_but_not_a_good_one(scene, logi
     noise = write_scalar_volume(scene, scrambled.astype(np.float32), case.geometry, "scrambled")
     bad = logic.segment(noise, runs=runs, seed=seed)
     assert bad.likely_failure
-    assert "likely wrong" in bad.warnings[0]
+    assert "likely wrong" in bad.warnings[0] and "an ROI box around one hippocampus" in bad.warnings[0]
+    # With an ROI box drawn, the advice is to check that box, not to draw one.
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    low, high = case.geometry.voxel_to_ras((0, 0, 0)), case.geometry.voxel_to_ras(np.array(case.geometry.shape_ijk) - 1)
+    roi.SetCenter(*((low + high) / 2))
+    roi.SetSize(*(np.abs(high - low) + 0.5))
+    boxed = logic.segment(noise, roi=roi, runs=runs, seed=seed)
+    assert boxed.likely_failure
+    assert "check that the ROI box holds one whole hippocampus" in boxed.warnings[0]
 
 
 def test_structure_spread_is_the_benchmarks_signal_and_is_recorded(scene, logic) -> None:

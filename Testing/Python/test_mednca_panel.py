@@ -421,7 +421,8 @@ def test_volumes_are_shown_as_a_small_table():
 
 
 def test_spread_inside_the_structure_flags_a_result_that_nqm_passes():
-    """Either signal above its threshold flags the result; the message names which, and where."""
+    """The spread inside the structure warns (the message names where); NQM warns only for a
+    model without a spread threshold, so the same segmentation is judged alike in every mode."""
     quality = {"anterior hippocampus": 0.05, "posterior hippocampus": 0.06}
     good = result(quality, 0.1561, structure_spread={"structure": 0.031}, spread_threshold=0.0548)
     assert not good.likely_failure and good.failure_signals == []
@@ -429,17 +430,22 @@ def test_spread_inside_the_structure_flags_a_result_that_nqm_passes():
     assert crop.likely_failure and crop.failure_signals == ["spread inside the structure above 0.0548"]
     head = result(quality, 0.1561, structure_spread={"left": 0.03, "right": 0.09}, spread_threshold=0.0548, mode="head")
     assert head.failure_signals == ["spread inside the structure above 0.0548 (right)"]
-    # On a whole head NQM (which grows with the box) does not warn; the spread inside does.
-    wide = result({"left posterior hippocampus": 0.19}, 0.173, structure_spread={"left": 0.044, "right": 0.047},
-                  spread_threshold=0.0548, mode="head")
-    assert not wide.likely_failure
+    # NQM (which grows with the box) does not warn when the spread can: not on a whole head, not in an ROI box.
+    for mode, spread in (("head", {"left": 0.044, "right": 0.047}), ("crop", {"structure": 0.044})):
+        wide = result({"posterior hippocampus": 0.19}, 0.173, structure_spread=spread, spread_threshold=0.0548, mode=mode)
+        assert not wide.likely_failure and wide.nqm_warning_threshold is None
+        assert "warning above" not in summary_text(run_summary(wide))[0].split("NQM")[1].splitlines()[0]
     # With a score, a structure with nothing segmented is flagged (not after one run: no score).
     nothing = result({"left posterior hippocampus": 1.7}, 0.173, structure_spread={"left": None, "right": None},
                      spread_threshold=0.0548, mode="head")
     assert nothing.likely_failure and nothing.failure_signals == ["nothing segmented (left, right)"]
     both = result({"anterior hippocampus": 0.3, "posterior hippocampus": 0.06}, 0.1561,
                   structure_spread={"structure": 0.09}, spread_threshold=0.0548)
-    assert both.failure_signals == ["NQM above 0.1561 (anterior hippocampus)", "spread inside the structure above 0.0548"]
+    assert both.failure_signals == ["spread inside the structure above 0.0548"]
+    # A model of the user's without a spread threshold: NQM warns, in any mode.
+    own = result({"anterior hippocampus": 0.3, "posterior hippocampus": 0.06}, 0.1561, structure_spread={"structure": 0.09})
+    assert own.nqm_warning_threshold == 0.1561
+    assert own.failure_signals == ["NQM above 0.1561 (anterior hippocampus)"]
     text = summary_text(run_summary(head))[0]
     assert "Spread of the runs inside the structure (lower is better, warning above 0.0548): left 0.030, right 0.090." in text
     assert "0.031." in summary_text(run_summary(good))[0]

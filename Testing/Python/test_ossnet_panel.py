@@ -88,6 +88,26 @@ def test_an_oblique_input_is_planned_on_the_axis_aligned_grid_the_run_uses():
     assert plan.resampled and np.allclose(plan.model_grid.direction, np.eye(3))
     assert plan.model_grid.shape_kji != oblique.shape_kji  # the rotated box is larger
     assert plan.output == plan.model_grid and "oblique" in plan.summary()
+    lps = plan_output_grid(oblique, 2, OSSNetSettings(), "LPS")
+    assert np.allclose(lps.model_grid.direction, np.diag([-1.0, -1.0, 1.0]))
+
+
+def test_an_axial_input_in_another_voxel_order_is_read_in_the_models_without_interpolation():
+    """The BraTS model was trained on LPS-stored arrays: a RAS-stored or sagittal-stored copy of a
+    scan is planned on the LPS grid over the same voxel centres (re-indexed, no note); an LPS
+    input is read as it is."""
+    lps = VolumeGeometry.compose(BRATS_SHAPE, (1.0, 1.0, 1.5), origin=(120.0, 110.0, -70.0),
+                                 direction=np.diag([-1.0, -1.0, 1.0]))
+    plan = plan_output_grid(lps, 2, OSSNetSettings(), "LPS")
+    assert plan.model_grid == lps and not plan.resampled
+    corner = lps.voxel_to_ras(np.array(lps.shape_ijk) - 1)
+    ras = VolumeGeometry.compose(BRATS_SHAPE, (1.0, 1.0, 1.5), origin=(corner[0], corner[1], -70.0))
+    sagittal = VolumeGeometry.compose(BRATS_SHAPE[::-1], (1.5, 1.0, 1.0), origin=(corner[0], corner[1], -70.0),
+                                      direction=np.array([[0.0, 0, 1], [0, 1, 0], [1, 0, 0]]))
+    for other in (ras, sagittal):
+        plan = plan_output_grid(other, 2, OSSNetSettings(), "LPS")
+        assert not plan.resampled and "oblique" not in plan.summary()
+        assert plan.model_grid.matches(lps, atol=1e-9)
 
 
 def test_too_large_an_output_grid_is_refused_with_what_to_do():

@@ -85,3 +85,23 @@ def test_another_orientation_at_the_same_spacing_is_reindexed_not_interpolated(h
         interpolated = resample(stored, source, target, order=order)
         assert fast[name].dtype == interpolated.dtype and fast[name].flags.c_contiguous
         np.testing.assert_allclose(fast[name], interpolated, rtol=1e-6, atol=1e-6)
+
+
+def test_a_grid_of_the_models_orientation_covers_the_input_on_its_voxel_centres():
+    """``axis_aligned_grid`` in LPS (BraTS) or RAS (MSD) over an input stored in the other one:
+    the same voxel centres, so resampling re-indexes; a code that is not R/L, A/P, S/I in that
+    order is refused with the rule."""
+    from EfficientSegmentationCommon.geometry import VolumeGeometry
+    from EfficientSegmentationCommon.grids import axis_aligned_grid, orientation_direction
+
+    assert np.array_equal(orientation_direction("lps"), np.diag([-1.0, -1.0, 1.0]))
+    ras = VolumeGeometry.compose((5, 6, 7), (1.0, 1.0, 2.0), (10.0, -3.0, 4.0))
+    lps = axis_aligned_grid(ras, ras.spacing, "LPS")
+    assert np.array_equal(lps.direction, orientation_direction("LPS")) and lps.shape_kji == ras.shape_kji
+    assert np.allclose(lps.voxel_to_ras((0, 0, 0)), ras.voxel_to_ras((6, 5, 0)))  # the far corner along R and A
+    values = np.arange(np.prod(ras.shape_kji), dtype=np.float32).reshape(ras.shape_kji)
+    assert np.array_equal(resample(values, ras, lps), values[:, ::-1, ::-1])
+    assert axis_aligned_grid(lps, lps.spacing) == axis_aligned_grid(ras, ras.spacing)
+    for bad in ("ASR", "RA", "XYZ", "RRS"):
+        with pytest.raises(ValueError, match="R or L, A or P, S or I"):
+            orientation_direction(bad)

@@ -146,17 +146,22 @@ def test_training_draws_artefact_copies_at_the_given_share(case, share):
     assert (drawn > 0).mean() == pytest.approx(share, abs=0.04)
 
 
-def test_quality_analysis_reports_the_logics_rule_of_either_signal():
-    """The shipped warning (either signal above its registry threshold) is scored as the logic
-    applies it: a failure only the spread catches counts, and the misses are listed."""
+def test_quality_analysis_reports_the_logics_rule():
+    """The shipped warning is scored as the logic applies it: the spread above its registry
+    threshold (a failure only NQM catches is missed, and listed); NQM only for an entry without
+    a spread threshold."""
     rows = [{"model": "Med-NCA", "case": f"c{i}", "artefact": "clean", "level": "", "dice_foreground": dice_value,
              "nqm": [nqm, nqm], "spread_inside": spread, "volume": 3000}
             for i, (dice_value, nqm, spread) in enumerate([(0.9, 0.05, 0.03), (0.9, 0.06, 0.04), (0.7, 0.3, 0.03),
                                                            (0.75, 0.05, 0.08), (0.79, 0.05, 0.04)])]
     entry = {"qualityWarningThreshold": 0.1561, "structureSpreadWarningThreshold": 0.0548}
     lines, report = rb.quality_analysis(rows, entry, None)
-    assert report["shipped_rule"] == {"sensitivity": pytest.approx(2 / 3), "specificity": 1.0, "flagged": 2}
-    assert "Failures the logic's warning misses: 1, foreground Dice 0.790 to 0.790." in lines
+    assert report["shipped_rule"] == {"sensitivity": pytest.approx(1 / 3), "specificity": 1.0, "flagged": 1,
+                                      "signal": "spread inside the structure"}
+    assert "Failures the logic's warning misses: 2, foreground Dice 0.700 to 0.790." in lines
+    _, nqm_only = rb.quality_analysis(rows, {"qualityWarningThreshold": 0.1561}, None)
+    assert nqm_only["shipped_rule"] == {"sensitivity": pytest.approx(1 / 3), "specificity": 1.0, "flagged": 1,
+                                        "signal": "NQM (largest of the classes)"}
 
 
 def test_training_refuses_an_artefact_share_outside_zero_to_one_and_negative_copies(capsys):

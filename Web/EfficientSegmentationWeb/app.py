@@ -170,7 +170,7 @@ class SegmentationWebApp(TrameApp):
             return
         try:
             state.resolution_text = resolution_text(reference, None, len(entry.inputs),
-                                                    settings_from_page(entry, self._settings()))
+                                                    settings_from_page(entry, self._settings()), entry.orientation)
         except ValueError as error:  # e.g. a resolution typed out of range
             state.resolution_text = str(error)
 

@@ -2,8 +2,8 @@
 
 A whole-brain scan can be segmented around one structure by cropping to a markups ROI first;
 the result is pasted back into the full input grid. Models are trained on volumes of a fixed
-orientation and spacing (for example RAS-aligned, 1 mm), so the input is resampled onto an
-axis-aligned grid of that spacing that covers it, whatever its direction matrix.
+orientation and spacing (for example RAS-aligned, 1 mm), so the input is brought onto an
+axis-aligned grid of that orientation and spacing that covers it, whatever its direction matrix.
 """
 
 from __future__ import annotations
@@ -55,17 +55,42 @@ def crop_to_corners(geometry: VolumeGeometry, corners_ras: np.ndarray, name: str
     return slices_kji, VolumeGeometry(matrix, tuple(int(b - a) for a, b in zip(low[::-1], high[::-1], strict=True)))
 
 
-def axis_aligned_grid(geometry: VolumeGeometry, spacing: Sequence[float]) -> VolumeGeometry:
-    """An identity-direction (RAS-aligned) grid of ``spacing`` mm covering the whole of ``geometry``.
+# Where each voxel axis (I, J, K) points in an orientation code such as "LPS" (the DICOM / ITK
+# reading: I towards the first letter, J the second, K the third), as signs along R, A, S.
+_AXIS_SIGNS = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
 
-    For an input that already is RAS-aligned at this spacing it is the input grid itself,
-    so no interpolation happens there.
+
+def orientation_direction(orientation: str) -> np.ndarray:
+    """The 3x3 direction matrix (columns: unit I, J, K axes in RAS) of an orientation code whose
+    axes are the patient axes in R, A, S order with any flips: "RAS" (identity), "LPS" (DICOM,
+    ITK: diag(-1, -1, 1)), "LAS", ...
+
+    Raises ValueError for a code that is not three of R/L, A/P, S/I in that order.
+    """
+    code = orientation.upper()
+    if len(code) != 3 or any(_AXIS_SIGNS.get(letter, (None,))[0] != axis for axis, letter in enumerate(code)):
+        raise ValueError(f"orientation {orientation!r} must name the I, J, K axes as R or L, A or P, S or I, "
+                         "in that order (for example RAS or LPS)")
+    return np.diag([_AXIS_SIGNS[letter][1] for letter in code])
+
+
+def axis_aligned_grid(geometry: VolumeGeometry, spacing: Sequence[float], orientation: str = "RAS") -> VolumeGeometry:
+    """A grid of ``spacing`` mm (I, J, K) covering the whole of ``geometry``, whose axes are the
+    patient axes with the directions of ``orientation`` (:func:`orientation_direction`; default
+    RAS, the identity direction).
+
+    A model reads arrays in its training data's voxel order, so an input is brought onto the
+    grid of that orientation. For an input that already has this orientation and spacing it is
+    the input grid itself (to rounding), and for any input whose voxel centres it shares (the
+    same lattice stored in another axis order or direction) ``resampling.resample`` re-indexes
+    the voxels instead of interpolating.
     """
     spacing = np.asarray(spacing, dtype=np.float64)
+    direction = orientation_direction(orientation)
     low, high = geometry.bounds_ras()
     size = np.maximum(1, np.round((high - low) / spacing - 1e-6)).astype(int)
-    origin = (low + high) / 2 - spacing * (size - 1) / 2
-    return VolumeGeometry.compose(tuple(size[::-1].tolist()), spacing, origin)
+    origin = (low + high) / 2 - direction @ (spacing * (size - 1) / 2)
+    return VolumeGeometry.compose(tuple(size[::-1].tolist()), spacing, origin, direction)
 
 
 def paste(crop: np.ndarray, slices_kji: KJISlices, full_shape_kji: Sequence[int], fill: float = 0) -> np.ndarray:

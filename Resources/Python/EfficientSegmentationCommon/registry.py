@@ -46,6 +46,10 @@ class ModelEntry:
     segments: tuple[SegmentSpec, ...]
     path: Path
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # The voxel order of the model's training data (``grids.orientation_direction``: "RAS",
+    # "LPS", ...): inputs are read on an axis-aligned grid of this orientation, so the same scan
+    # stored in another voxel order gives the same result.
+    orientation: str = "RAS"
     version: str = ""
     license: str = ""
     training_data: str = ""
@@ -85,7 +89,8 @@ def _entry(values: dict, base: Path) -> ModelEntry:
         id=values["id"], title=values["title"], method=values["method"], task=values["task"],
         inputs=tuple(values["inputs"]), segments=_segments(values["segments"]),
         path=_resolve(values["file"], values.get("module"), base),
-        spacing=tuple(values.get("spacing", (1.0, 1.0, 1.0))), version=values.get("version", ""),
+        spacing=tuple(values.get("spacing", (1.0, 1.0, 1.0))), orientation=values.get("orientation", "RAS"),
+        version=values.get("version", ""),
         license=values.get("license", ""), training_data=values.get("trainingData", ""),
         metrics=values.get("metrics", {}), description=values.get("description", ""),
         quality_warning_threshold=values.get("qualityWarningThreshold"),

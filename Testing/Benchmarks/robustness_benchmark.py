@@ -406,8 +406,7 @@ def quality_analysis(rows: list[dict], entry: dict, typical_volumes: np.ndarray 
         on_fail = f"{values[failure].mean():.4f}" if failure.any() else "-"
         on_rest = f"{values[~failure].mean():.4f}" if (~failure).any() else "-"
         lines.append(f"| {name} | {auc:.3f} | {on_fail} | {on_rest} |")
-    # Each warning rule at its shipped threshold and at the one re-chosen here, then the logic's
-    # rule (a result is flagged when either signal is above its shipped threshold).
+    # Each warning rule at its shipped threshold and at the one re-chosen here, then the logic's rule.
     cases = [r["case"] for r in nca]
     shipped = {"NQM (largest of the classes)": (nqm_max, entry.get("qualityWarningThreshold")),
                "spread inside the structure": (spread_inside, entry.get("structureSpreadWarningThreshold"))}

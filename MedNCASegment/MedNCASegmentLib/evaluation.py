@@ -101,6 +101,7 @@ def write_card(model_path: Path, split_path: Path, runs: int, seed: int, rows: l
         "segments": [{"name": name, "label": i + 1, "color": list(color)}
                      for i, (name, color) in enumerate(zip(CLASS_NAMES, CLASS_COLORS, strict=True))],
         "spacing": [1.0, 1.0, 1.0],
+        "orientation": "RAS",  # the MSD files' voxel order, which training reads as stored
         "quality_warning_threshold": summary["quality_warning_threshold"],
         **({"structure_spread_warning_threshold": structure_spread_threshold}
            if structure_spread_threshold is not None else {}),
@@ -149,9 +150,11 @@ def card_markdown(card: dict) -> str:
     lines += ["", f"Quality score NQM (sum std / sum mean over {card['evaluation']['runs']} runs): mean "
                   f"{v['nqm']['mean']}; Spearman correlation with foreground Dice "
                   f"{v['nqm']['spearman_with_foreground_dice']} (negative: high NQM flags worse results). "
-                  f"Warning threshold: NQM above {v['quality_warning_threshold']} ({THRESHOLD_MARGIN} x the "
-                  f"highest NQM of a validation result with Dice >= {ACCEPTABLE_DICE}).",
-              *([f"Second warning: the spread of the runs inside the segmented structure above "
+                  f"NQM threshold: {v['quality_warning_threshold']} ({THRESHOLD_MARGIN} x the "
+                  f"highest NQM of a validation result with Dice >= {ACCEPTABLE_DICE})"
+                  + ("; shown, not a warning, because the model has the spread threshold below."
+                     if card.get("structure_spread_warning_threshold") is not None else "; above it a result is flagged."),
+              *([f"Warning: the spread of the runs inside the segmented structure above "
                  f"{card['structure_spread_warning_threshold']} (chosen on clean and corrupted validation inputs "
                  "by Testing/Benchmarks/robustness_benchmark.py)."]
                 if card.get("structure_spread_warning_threshold") is not None else []),

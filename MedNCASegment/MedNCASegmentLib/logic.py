@@ -166,8 +166,9 @@ class MedNCAResult:
 
     @property
     def likely_failure(self) -> bool:
-        """True when either quality signal exceeds its warning threshold (NQM of any segment, or
-        the spread inside any structure), or a scored structure is empty (see :attr:`failure_signals`)."""
+        """True when the spread inside any structure exceeds its warning threshold (NQM of a
+        segment, for a model without that threshold), or a scored structure is empty (see
+        :attr:`failure_signals`)."""
         return bool(self.failure_signals)
 
 

@@ -140,6 +140,7 @@ def write_card(model_path: Path, split_path: Path, validation: list[dict], train
         "segments": [{"name": SEGMENT_NAME, "label": 1, "color": list(SEGMENT_COLOR),
                       "labels_in_data": list(REGIONS[SEGMENT_NAME])}],
         "spacing": [1.0, 1.0, 1.0],
+        "orientation": "LPS",  # the BraTS files' voxel order, which training reads as stored
         "output_resolution": "any output resolution (output spacing in mm, or a factor of the input spacing)",
         "config": model.config.to_dict(),
         "parameters": model.parameter_count,

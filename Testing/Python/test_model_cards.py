@@ -39,6 +39,17 @@ def test_a_good_card_describes_the_model(user_model):
                                                                          ["anterior hippocampus", "posterior hippocampus"])
     assert entry.quality_warning_threshold == values["quality_warning_threshold"]
     assert entry.structure_spread_warning_threshold == values["structure_spread_warning_threshold"]
+    assert entry.orientation == values["orientation"] == "RAS"
+
+
+def test_a_model_file_keeps_its_training_voxel_order(tmp_path):
+    """OSS-Net's weights given as a file (as after retraining) read inputs LPS, like the shipped entry."""
+    ossnet = REPO_ROOT / "OSSNetSegment" / "Resources" / "Models" / "ossnet_brats_wholetumour.pt"
+    weights = tmp_path / "retrained.pt"
+    shutil.copy(ossnet, weights)
+    shutil.copy(ossnet.with_suffix(".json"), weights.with_suffix(".json"))
+    entry = ModelRegistry.default().entry_for_file(weights, method="ossnet")
+    assert entry.orientation == "LPS" == ModelRegistry.default().get("ossnet-brats-wholetumour").orientation
 
 
 @pytest.mark.parametrize("edit, field", [
@@ -48,8 +59,9 @@ def test_a_good_card_describes_the_model(user_model):
     (lambda card: card["segments"][0].update(color=[0.9, 0.2]), r"segments\[0\]\.color: \[0\.9, 0\.2\] is too short"),
     (lambda card: card.pop("segments"), "segments: missing"),
     (lambda card: card.update(quality_warning_threshold=-1), "quality_warning_threshold: -1 is less than or equal"),
+    (lambda card: card.update(orientation="ASR"), "orientation: 'ASR' does not match"),
 ], ids=["segment without colour", "zero spacing", "negative spacing", "two-number colour", "no segments",
-        "negative threshold"])
+        "negative threshold", "orientation out of order"])
 def test_a_malformed_card_names_the_file_and_the_field(user_model, edit, field):
     weights, card, values = user_model
     edit(values)
@@ -130,7 +142,9 @@ def test_without_jsonschema_the_fields_the_code_needs_are_still_checked(user_mod
     weights, card, values = user_model
     values["segments"][1].pop("color")
     values["spacing"] = [1.0, 0.0, 1.0]
+    values["orientation"] = "XYZ"
     card.write_text(json.dumps(values))
     with pytest.raises(ModelError, match=rf"The model card in {card} is malformed: segments\[1\]\.color: missing; "
-                                         r"spacing: must be three numbers above 0 \(mm\)"):
+                                         r"spacing: must be three numbers above 0 \(mm\); orientation: 'XYZ' must "
+                                         r"be R or L, A or P, S or I"):
         entry_for(weights)

@@ -210,6 +210,29 @@ def test_cli_writes_a_label_map_of_the_case_folder(tmp_path, truth, card_dice, r
     assert np.allclose(written.affine, reference.affine, atol=1e-4)
 
 
+def test_cli_on_a_sagittally_stored_case_writes_and_reports_the_files_grid(tmp_path, capsys, truth, card_dice,
+                                                                          registry, monkeypatch):
+    """The same case with its voxel axes permuted (I <- K, J <- I, K <- J): read in the model's
+    voxel order without interpolation, written back on the file's own grid, and the printed grid
+    is the written one (it was the model's)."""
+    monkeypatch.setattr(ModelRegistry, "default", classmethod(lambda cls: registry))
+    folder = tmp_path / "sagittal"
+    folder.mkdir()
+    for name in ("FLAIR", "T1c"):
+        image = nibabel.load(str(CASE_DIR / INPUT_FILES[name]))
+        affine = image.affine.copy()
+        affine[:, :3] = image.affine[:, [2, 0, 1]]
+        nibabel.save(nibabel.Nifti1Image(np.asarray(image.dataobj).transpose(2, 0, 1), affine),
+                     str(folder / INPUT_FILES[name]))
+    assert cli.main(["--input", str(folder), "-o", str(tmp_path / "out"), "--format", "nii.gz", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    written = nibabel.load(str(tmp_path / "out" / "sagittal.nii.gz"))
+    assert written.shape == (155, 240, 240) and "(155 x 240 x 240 voxels;" in printed
+    assert "resampled" not in printed
+    labels = np.asarray(written.dataobj).transpose(1, 2, 0).transpose(2, 1, 0)  # back to the case's I, J, K, then KJI
+    assert abs(dice(labels == 1, truth) - card_dice) <= 0.02
+
+
 def test_cli_reports_a_missing_modality_and_a_wrong_number_of_files(tmp_path, capsys, registry, monkeypatch):
     monkeypatch.setattr(ModelRegistry, "default", classmethod(lambda cls: registry))
     folder = tmp_path / "case_without_t1c"

@@ -192,8 +192,10 @@ def test_mednca_upload_segment_download_matches_the_logic(server, browser, tmp_p
         names = app.page.locator(".segment-name").all_inner_texts()
         assert names == ["anterior hippocampus", "posterior hippocampus"]
         assert "Done in" in app.text("#result-text")
-        assert re.search(r"Quality score \(NQM\) \(lower is better, warning above [0-9.]+\): anterior hippocampus "
+        assert re.search(r"Quality score \(NQM\) \(lower is better\): anterior hippocampus "
                          r"[0-9.]+, posterior hippocampus [0-9.]+", app.text("#result-text"))
+        assert re.search(r"Spread of the runs inside the structure \(lower is better, warning above [0-9.]+\): "
+                         r"[0-9.]+", app.text("#result-text"))
         assert len(app.page.locator(".segment-quality").all_inner_texts()) == 2
         label_map = app.download("nii-gz", tmp_path / "web.nii.gz")
         segmentation = app.download("seg-nrrd", tmp_path / "web.seg.nrrd")

@@ -103,6 +103,10 @@ def _minimal_problems(values: object, rename: Mapping[str, str]) -> list[str]:
     if not (isinstance(spacing, list) and len(spacing) == 3
             and all(isinstance(s, (int, float)) and s > 0 for s in spacing)):
         problems.append("spacing: must be three numbers above 0 (mm)")
+    orientation = values.get("orientation", "RAS")
+    if not (isinstance(orientation, str) and len(orientation) == 3
+            and all(letter in pair for letter, pair in zip(orientation, ("RL", "AP", "SI"), strict=True))):
+        problems.append(f"orientation: {orientation!r} must be R or L, A or P, S or I, in that order (e.g. RAS, LPS)")
     return problems
 
 

@@ -55,8 +55,9 @@ class ModelEntry:
     training_data: str = ""
     metrics: dict = field(default_factory=dict, hash=False, compare=False)
     description: str = ""
-    # Quality score (e.g. Med-NCA's NQM) above which a result is flagged as a likely failure;
-    # chosen on the model's validation split, recorded in its card. None: the model has none.
+    # Quality score (e.g. Med-NCA's NQM) above which a result is flagged as a likely failure when
+    # the model has no structure-spread threshold (else NQM is shown, not judged); chosen on the
+    # model's validation split, recorded in its card. None: the model has none.
     quality_warning_threshold: float | None = None
     # Mean spread of the runs inside the segmented structure above which a result is flagged too
     # (Med-NCA; chosen on the clean and corrupted validation inputs, recorded in its card).
@@ -189,7 +190,8 @@ class ModelRegistry:
         model_id = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-._") or "model"
         values = {"id": model_id, "title": path.stem, "method": method, "task": card.get("task", ""),
                   "inputs": card.get("inputs", []), "segments": card.get("segments"), "file": str(path)}
-        for key in ("spacing", "qualityWarningThreshold", "structureSpreadWarningThreshold", "inputRequirements"):
+        for key in ("spacing", "orientation", "qualityWarningThreshold", "structureSpreadWarningThreshold",
+                    "inputRequirements"):
             card_key = CARD_KEYS.get(key, key)
             if card.get(card_key) is not None:
                 values[key] = card[card_key]

@@ -135,8 +135,8 @@ class MedNCAResult:
     def failure_signals(self) -> list[str]:
         """The quality signals above the model's warning thresholds, as phrases for a message:
         the spread inside a structure (threshold and evidence in the model card), NQM only for a
-        model without a spread threshold; with a score (2 or more runs), also a structure with
-        nothing segmented.
+        model without a spread threshold; with a score (2 or more runs), also a structure, or a
+        part of one, with nothing segmented.
 
         Why NQM does not warn when the spread can: on the robustness benchmark's 798 clean and
         corrupted validation results, NQM at its threshold flagged no failure (Dice < 0.8) that
@@ -151,8 +151,14 @@ class MedNCAResult:
         signals = []
         scored = any(score is not None for score in self.quality.values())
         empty = [name for name, value in self.structure_spread.items() if value is None] if scored else []
-        if empty:  # counted as flagged when the spread threshold was chosen (robustness_benchmark.py)
-            where = [name for name in empty if name != "structure"]
+        # An empty structure was counted as flagged when the spread threshold was chosen
+        # (robustness_benchmark.py); an empty part (anterior or posterior) of a segmented one is
+        # named too: every hippocampus has both, so the result is incomplete.
+        where = [name for name in empty if name != "structure"]
+        if scored and self.volumes is not None and "structure" not in empty:
+            where += [name for name, mm3 in self.volumes.segments_mm3.items()
+                      if not mm3 and not any(name.startswith(f"{side} ") for side in empty)]
+        if empty or where:
             signals.append("nothing segmented" + (f" ({', '.join(where)})" if where else ""))
         for scores, threshold, what in ((self.quality, self.nqm_warning_threshold, "NQM"),
                                         (self.structure_spread, self.structure_spread_warning_threshold,

@@ -439,6 +439,18 @@ def test_spread_inside_the_structure_flags_a_result_that_nqm_passes():
     nothing = result({"left posterior hippocampus": 1.7}, 0.173, structure_spread={"left": None, "right": None},
                      spread_threshold=0.0548, mode="head")
     assert nothing.likely_failure and nothing.failure_signals == ["nothing segmented (left, right)"]
+    # A part with nothing in a segmented structure is named (every hippocampus has both parts).
+    from MedNCASegmentLib.wholehead import HippocampusVolumes
+
+    part = result(quality, 0.1561, structure_spread={"structure": 0.031}, spread_threshold=0.0548)
+    part.volumes = HippocampusVolumes({"anterior hippocampus": 0.0, "posterior hippocampus": 305.0})
+    assert part.failure_signals == ["nothing segmented (anterior hippocampus)"]
+    side = result({"left anterior hippocampus": 0.05, "right anterior hippocampus": 0.06}, 0.173,
+                  structure_spread={"left": None, "right": 0.03}, spread_threshold=0.0548, mode="head")
+    side.volumes = HippocampusVolumes({"left anterior hippocampus": 0.0, "left posterior hippocampus": 0.0,
+                                       "right anterior hippocampus": 1500.0, "right posterior hippocampus": 0.0},
+                                      0.0, 1500.0)
+    assert side.failure_signals == ["nothing segmented (left, right posterior hippocampus)"]
     both = result({"anterior hippocampus": 0.3, "posterior hippocampus": 0.06}, 0.1561,
                   structure_spread={"structure": 0.09}, spread_threshold=0.0548)
     assert both.failure_signals == ["spread inside the structure above 0.0548"]

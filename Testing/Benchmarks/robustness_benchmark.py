@@ -23,7 +23,8 @@ successes)) and, for NQM, the sensitivity and specificity at the shipped thresho
 (``qualityWarningThreshold`` in ``Resources/Models.json``) and at the threshold re-chosen here:
 the largest value that still flags at least :data:`TARGET_SENSITIVITY` of the failures; the same for
 the spread inside the predicted structure (``structureSpreadWarningThreshold``), and the
-logic's warning (the spread above its threshold; NQM only for a model without one).
+logic's warning (the spread above its threshold, or an empty part of a segmented structure; NQM
+only for a model without a spread threshold).
 OSS-Net's candidate signal (the share of uncertain voxels, probability in [0.25, 0.75], among
 those it calls tumour) is printed per result; with one validation case it cannot be validated.
 
@@ -281,7 +282,8 @@ def nca_runner(weights: Path, runs: int, seed: int) -> Callable[[Input], dict]:
         inside = structure_spread(result.std.sum(axis=0), labels)
         # An empty result counts as flagged (the logic warns of it separately).
         return {"labels": labels, "nqm": [float(q) for q in result.quality],
-                "spread_inside": 1.0 if inside is None else inside, "volume": int((labels > 0).sum())}
+                "spread_inside": 1.0 if inside is None else inside, "volume": int((labels > 0).sum()),
+                "part_volumes": [int((labels == label).sum()) for label in range(1, len(result.quality) + 1)]}
     return run
 
 
@@ -430,12 +432,15 @@ def quality_analysis(rows: list[dict], entry: dict, typical_volumes: np.ndarray 
         else "NQM (largest of the classes)"
     values, threshold = shipped[warns_by]
     combined = values > threshold if threshold is not None else np.zeros(len(nca), bool)
+    # ... and a segmented structure with an empty part (rows recorded before part volumes: none).
+    combined |= np.array([r["volume"] > 0 and 0 in r.get("part_volumes", ()) for r in nca])
     if failure.any() and (~failure).any():
         sensitivity, specificity = combined[failure].mean(), (~combined[~failure]).mean()
         report["shipped_rule"] = {"sensitivity": float(sensitivity), "specificity": float(specificity),
                                   "flagged": int(combined.sum())}
         report["shipped_rule"]["signal"] = warns_by
-        lines.append(f"| the logic's warning ({warns_by} above its shipped threshold) | - | {sensitivity:.3f} | "
+        lines.append(f"| the logic's warning ({warns_by} above its shipped threshold, or an empty part) | - | "
+                     f"{sensitivity:.3f} | "
                      f"{specificity:.3f} | {int(combined.sum())} of {len(nca)} | - |")
         missed = sorted(r["dice_foreground"] for r, f, c in zip(nca, failure, combined, strict=True) if f and not c)
         lines += ["", f"Failures the logic's warning misses: {len(missed)}"

@@ -50,6 +50,11 @@ def test_a_model_file_keeps_its_training_voxel_order(tmp_path):
     shutil.copy(ossnet.with_suffix(".json"), weights.with_suffix(".json"))
     entry = ModelRegistry.default().entry_for_file(weights, method="ossnet")
     assert entry.orientation == "LPS" == ModelRegistry.default().get("ossnet-brats-wholetumour").orientation
+    # A card written before cards recorded it: the BraTS files' order, which OSS-Net's training reads.
+    card = json.loads(weights.with_suffix(".json").read_text())
+    del card["orientation"]
+    weights.with_suffix(".json").write_text(json.dumps(card))
+    assert ModelRegistry.default().entry_for_file(weights, method="ossnet").orientation == "LPS"
 
 
 @pytest.mark.parametrize("edit, field", [

@@ -69,6 +69,12 @@ class ModelEntry:
     input_requirements: tuple[str, ...] = ()
 
 
+# The voxel order of the data each method's training script reads as stored (MSD hippocampus
+# files are RAS, BraTS files LPS): the orientation of an entry or card that does not state one
+# (cards written before they recorded it).
+TRAINING_ORIENTATION = {"mednca": "RAS", "ossnet": "LPS"}
+
+
 def _segments(values: Sequence[dict]) -> tuple[SegmentSpec, ...]:
     return tuple(SegmentSpec(s["name"], tuple(s["color"]), int(s["label"]), s.get("terminology")) for s in values)
 
@@ -90,7 +96,8 @@ def _entry(values: dict, base: Path) -> ModelEntry:
         id=values["id"], title=values["title"], method=values["method"], task=values["task"],
         inputs=tuple(values["inputs"]), segments=_segments(values["segments"]),
         path=_resolve(values["file"], values.get("module"), base),
-        spacing=tuple(values.get("spacing", (1.0, 1.0, 1.0))), orientation=values.get("orientation", "RAS"),
+        spacing=tuple(values.get("spacing", (1.0, 1.0, 1.0))),
+        orientation=values.get("orientation", TRAINING_ORIENTATION.get(values["method"], "RAS")),
         version=values.get("version", ""),
         license=values.get("license", ""), training_data=values.get("trainingData", ""),
         metrics=values.get("metrics", {}), description=values.get("description", ""),

@@ -437,7 +437,7 @@ class MedNCASegmentLogic(RegistryLogic):
                                        "runs for them.")
             if result.likely_failure:
                 result.warnings.append(
-                    f"The segmentation is likely wrong ({'; '.join(result.failure_signals)}). "
+                    f"The segmentation is likely wrong: {'; '.join(result.failure_signals)}. "
                     "Check it. The image may be degraded (motion, noise, blur, thick slices) or not a T1 of the "
                     f"hippocampus; {_failure_advice(job)}")
             empty = empty_result_warning(labels, [spec.name for spec in segments], volume.GetName())

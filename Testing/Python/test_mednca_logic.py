@@ -199,7 +199,7 @@ def test_cli_counts_and_marks_likely_failures(tmp_path, capsys) -> None:
     assert status == 0
     assert any(line.startswith(f"ok     {VALIDATION_CASE}:") for line in printed.splitlines())
     assert any(line.startswith("CHECK  scrambled:") for line in printed.splitlines())
-    assert "The segmentation is likely wrong (nothing segmented)" in printed
+    assert "The segmentation is likely wrong: nothing segmented." in printed
     assert "summary: 2 of 2 segmented (1 flagged as a likely failure: check it), 0 failed" in printed
     rows = {Path(row["input"]).name: row for row in csv.DictReader(table.open())}
     assert rows[image.name]["likely failure"] == "no" and rows["scrambled.nii.gz"]["likely failure"] == "yes"

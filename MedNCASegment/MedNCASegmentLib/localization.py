@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,14 +92,6 @@ class HippocampusBox:
         """Whether each of ``points_ras`` (..., 3) lies inside the box (shape (...,))."""
         local = (np.asarray(points_ras, dtype=np.float64) - self.centre_ras) @ self.axes
         return np.all(np.abs(local) <= self.size / 2 + 1e-9, axis=-1)
-
-    def grid(self, spacing: Sequence[float]) -> VolumeGeometry:
-        """A grid of ``spacing`` (mm along the box's first, second and third axis) that covers the
-        box, centred on it: where the model segments this side."""
-        step = np.asarray(spacing, dtype=np.float64)
-        shape_ijk = np.maximum(1, np.ceil(self.size / step - 1e-6)).astype(int)
-        origin = self.centre_ras - self.axes @ (step * (shape_ijk - 1) / 2)
-        return VolumeGeometry.compose(tuple(shape_ijk[::-1].tolist()), step, origin, self.axes)
 
     @classmethod
     def around(cls, side: str, corners_ras: np.ndarray, axes: np.ndarray) -> HippocampusBox:

@@ -16,7 +16,7 @@ import pytest
 from conftest import DATA_ROOT, hippocampus_paths
 from EfficientSegmentationCommon.errors import InputVolumeError
 from EfficientSegmentationCommon.geometry import VolumeGeometry
-from EfficientSegmentationCommon.grids import axis_aligned_grid
+from EfficientSegmentationCommon.grids import axis_aligned_grid, crop_to_corners
 from EfficientSegmentationCommon.resampling import resample
 from MedNCASegmentLib import localization
 from MedNCASegmentLib.localization import LocalizationError, choose_mode, locate_hippocampi
@@ -78,8 +78,10 @@ def test_template_itself(template, hippocampus_rois):
     # The margin widens the template's 30 x 40 x 40 mm box on both sides.
     np.testing.assert_allclose(result.left.size, np.add(localization.MNI_BOX_SIZE_MM, 10.0), atol=1.0)
     assert result.normalised_mi > 1.9
-    grid = result.left.grid((1.0, 1.0, 1.0))  # the model's crop: 1 mm along the box's axes, covering the box
-    assert grid.shape_ijk == tuple(int(np.ceil(s - 1e-6)) for s in result.left.size)
+    # The model's crop (wholehead.segment_side): the 1 mm lattice of the input voxels under the box, covering it.
+    _, under_box = crop_to_corners(geometry, result.left.corners_ras, "the left box")
+    grid = axis_aligned_grid(under_box, (1.0, 1.0, 1.0))
+    assert grid.shape_ijk == under_box.shape_ijk and grid.matches(under_box, atol=1e-6)
     low, high = grid.bounds_ras()
     assert np.all(low <= result.left.corners_ras.min(axis=0) + 1e-6)
     assert np.all(high >= result.left.corners_ras.max(axis=0) - 1e-6)

@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import ModelError
+from .grids import orientation_direction
 
 SCHEMA_PATH_PARTS = ("Resources", "Models.schema.json")
 # Card keys (as our training writes them) that differ from the registry's.
@@ -104,10 +105,19 @@ def _minimal_problems(values: object, rename: Mapping[str, str]) -> list[str]:
             and all(isinstance(s, (int, float)) and s > 0 for s in spacing)):
         problems.append("spacing: must be three numbers above 0 (mm)")
     orientation = values.get("orientation", "RAS")
-    if not (isinstance(orientation, str) and len(orientation) == 3
-            and all(letter in pair for letter, pair in zip(orientation, ("RL", "AP", "SI"), strict=True))):
+    if not (isinstance(orientation, str) and orientation.isupper() and _is_orientation(orientation)):
         problems.append(f"orientation: {orientation!r} must be R or L, A or P, S or I, in that order (e.g. RAS, LPS)")
     return problems
+
+
+def _is_orientation(code: str) -> bool:
+    """Whether ``grids.orientation_direction`` reads ``code`` (the schema's pattern ^[RL][AP][SI]$
+    once upper case)."""
+    try:
+        orientation_direction(code)
+    except ValueError:
+        return False
+    return True
 
 
 def check_entry(values: object, source: Path, schema_path: Path, label: str,

@@ -35,6 +35,7 @@ sys.path.append(os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "
 
 from EfficientSegmentationCommon.module_logic import LibraryLogicMixin  # noqa: E402
 from EfficientSegmentationCommon.panel_state import RunSummary  # noqa: E402
+from EfficientSegmentationCommon.registry import TRAINING_ORIENTATION  # noqa: E402
 from EfficientSegmentationCommon.segment_widget import (  # noqa: E402
     SegmentWidgetMixin,
     checkInputProblems,
@@ -151,7 +152,8 @@ class OSSNetSegmentWidget(SegmentWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             try:
                 entry = self._modelEntry()
                 self.ui.gridLabel.text = resolution_text(volumes[0], node.inputROI, len(names), panel_settings(node),
-                                                         entry.orientation if entry is not None else "RAS")
+                                                         entry.orientation if entry is not None
+                                                         else TRAINING_ORIENTATION["ossnet"])
             except ValueError as error:  # a setting out of range (e.g. a scene saved by another version)
                 self.ui.gridLabel.text = str(error)
         else:

@@ -52,7 +52,7 @@ def panel_settings(parameters) -> OSSNetSettings:
     return settings_from_parameters(OSSNetSettings, parameters)
 
 
-def resolution_text(reference_volume, roi, channels: int, settings: OSSNetSettings, orientation: str = "RAS") -> str:
+def resolution_text(reference_volume, roi, channels: int, settings: OSSNetSettings, orientation: str) -> str:
     """The line under the resolution slider: output grid, spacing, voxels and memory, planned
     as the run will plan it (``plan_output_grid``, with the model's ``orientation``) for the
     first input (its ROI box when an ROI is selected). "" when there is no usable volume yet."""

@@ -107,7 +107,7 @@ def ras_spacing(geometry: VolumeGeometry) -> tuple[float, float, float]:
 
 
 def plan_output_grid(input_grid: VolumeGeometry, channels: int, settings: OSSNetSettings,
-                     orientation: str = "RAS") -> OutputGridPlan:
+                     orientation: str) -> OutputGridPlan:
     """The one place that decides a run's grids: the model's and the output's, with its memory.
 
     The model reads its input on an axis-aligned grid of its training data's ``orientation``

@@ -66,12 +66,12 @@ def test_the_planned_output_grid_is_the_one_the_result_gets():
     spacing = (0.9375, 0.9375, 1.5)
     geometry = VolumeGeometry.compose(BRATS_SHAPE, spacing)
     for resolution in (0.25, 0.5, 1.0, 1.5, 2.0, 4.0):
-        plan = plan_output_grid(geometry, 2, OSSNetSettings(resolution=resolution))
+        plan = plan_output_grid(geometry, 2, OSSNetSettings(resolution=resolution), "RAS")
         assert np.allclose(plan.output.spacing, np.asarray(spacing) / resolution)
         assert plan.output == geometry.with_spacing(np.asarray(spacing) / resolution)
         assert plan.model_grid == geometry and not plan.resampled
-    assert plan_output_grid(geometry, 2, OSSNetSettings()).output == geometry
-    assert plan_output_grid(geometry, 2, OSSNetSettings(output_spacing=0.5)).output.spacing == (0.5, 0.5, 0.5)
+    assert plan_output_grid(geometry, 2, OSSNetSettings(), "RAS").output == geometry
+    assert plan_output_grid(geometry, 2, OSSNetSettings(output_spacing=0.5), "RAS").output.spacing == (0.5, 0.5, 0.5)
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="resolution must be"):
             OSSNetSettings(resolution=bad)
@@ -84,7 +84,7 @@ def test_an_oblique_input_is_planned_on_the_axis_aligned_grid_the_run_uses():
     angle = np.deg2rad(30)
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
     oblique = VolumeGeometry.compose(BRATS_SHAPE, (1.0, 1.0, 1.0), direction=rotation)
-    plan = plan_output_grid(oblique, 2, OSSNetSettings())
+    plan = plan_output_grid(oblique, 2, OSSNetSettings(), "RAS")
     assert plan.resampled and np.allclose(plan.model_grid.direction, np.eye(3))
     assert plan.model_grid.shape_kji != oblique.shape_kji  # the rotated box is larger
     assert plan.output == plan.model_grid and "oblique" in plan.summary()
@@ -112,8 +112,8 @@ def test_an_axial_input_in_another_voxel_order_is_read_in_the_models_without_int
 
 def test_too_large_an_output_grid_is_refused_with_what_to_do():
     geometry = VolumeGeometry.compose(BRATS_SHAPE, (1.0, 1.0, 1.0))
-    plan_output_grid(geometry, 2, OSSNetSettings(resolution=2.0)).check()
-    huge = plan_output_grid(geometry, 2, OSSNetSettings(output_spacing=0.2))
+    plan_output_grid(geometry, 2, OSSNetSettings(resolution=2.0), "RAS").check()
+    huge = plan_output_grid(geometry, 2, OSSNetSettings(output_spacing=0.2), "RAS")
     assert huge.voxels > MAX_OUTPUT_VOXELS
     with pytest.raises(ValueError, match="coarser resolution or an ROI"):
         huge.check()
@@ -121,27 +121,27 @@ def test_too_large_an_output_grid_is_refused_with_what_to_do():
 
 def test_the_plan_summary_shows_grid_spacing_voxels_and_memory_that_grows_with_resolution():
     geometry = VolumeGeometry.compose(BRATS_SHAPE, (1.0, 1.0, 1.0))
-    text = plan_output_grid(geometry, 2, OSSNetSettings(resolution=2.0)).summary()
+    text = plan_output_grid(geometry, 2, OSSNetSettings(resolution=2.0), "RAS").summary()
     assert text.startswith("480 x 480 x 310 voxels of 0.5 x 0.5 x 0.5 mm (71.4 million); about ")
     assert text.endswith("of memory")
-    memories = [plan_output_grid(geometry, 2, OSSNetSettings(resolution=r)).memory_bytes for r in (0.5, 1.0, 2.0)]
+    memories = [plan_output_grid(geometry, 2, OSSNetSettings(resolution=r), "RAS").memory_bytes for r in (0.5, 1.0, 2.0)]
     assert memories[0] <= memories[1] < memories[2]  # up to 1x, preparing the inputs dominates
     assert memory_estimate(BRATS_SHAPE, 2, BRATS_SHAPE, 1024) < memory_estimate(BRATS_SHAPE, 2, BRATS_SHAPE, 65536)
-    assert "too large" in plan_output_grid(geometry, 2, OSSNetSettings(output_spacing=0.2)).summary()
+    assert "too large" in plan_output_grid(geometry, 2, OSSNetSettings(output_spacing=0.2), "RAS").summary()
 
 
 def test_resolution_text_uses_the_first_input_and_the_roi_box(scene):
     flair = volume(scene, "flair", shape=(20, 30, 40), spacing=(1.0, 1.0, 2.0))
-    assert resolution_text(None, None, 2, OSSNetSettings()) == ""
-    assert resolution_text(flair, None, 2, OSSNetSettings(resolution=2.0)).startswith(
+    assert resolution_text(None, None, 2, OSSNetSettings(), "LPS") == ""
+    assert resolution_text(flair, None, 2, OSSNetSettings(resolution=2.0), "LPS").startswith(
         "Output: 80 x 60 x 40 voxels of 0.5 x 0.5 x 1 mm")
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
     roi.SetCenter(10.0, 10.0, 10.0)
     roi.SetSize(10.0, 10.0, 10.0)
-    assert resolution_text(flair, roi, 2, OSSNetSettings()).startswith(
+    assert resolution_text(flair, roi, 2, OSSNetSettings(), "LPS").startswith(
         "Output: 11 x 11 x 5 voxels of 1 x 1 x 2 mm")  # voxels the box touches
     roi.SetCenter(500.0, 500.0, 500.0)
-    assert "does not overlap" in resolution_text(flair, roi, 2, OSSNetSettings())
+    assert "does not overlap" in resolution_text(flair, roi, 2, OSSNetSettings(), "LPS")
 
 
 def test_run_summary_reports_grid_decoded_share_and_notes(scene):

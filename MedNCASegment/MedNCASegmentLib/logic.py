@@ -129,46 +129,15 @@ class MedNCAResult:
         """The NQM threshold this result is judged by: the model's only when it has no threshold
         for the spread inside the structure (a model of the user's), else None: NQM is shown but
         does not warn (see :attr:`failure_signals`)."""
-        return self.quality_warning_threshold if self.structure_spread_warning_threshold is None else None
+        return nqm_warning_threshold(self.quality_warning_threshold, self.structure_spread_warning_threshold)
 
     @property
     def failure_signals(self) -> list[str]:
-        """The quality signals above the model's warning thresholds, as phrases for a message:
-        the spread inside a structure (threshold and evidence in the model card), NQM only for a
-        model without a spread threshold; with a score (2 or more runs), also a structure, or a
-        part of one, with nothing segmented.
-
-        Why NQM does not warn when the spread can: on the robustness benchmark's 798 clean and
-        corrupted validation results, NQM at its threshold flagged no failure (Dice < 0.8) that
-        the spread missed, for the shipped and the previous weights alike, and only added false
-        alarms (``Testing/Benchmarks/RESULTS.md``). And NQM divides the runs' spread over the
-        whole field of view by the segmented mass, so it depends on the box: its threshold was
-        chosen on tight validation crops, and the MNI152 template's left hippocampus got a
-        posterior NQM of 0.19 (threshold 0.173) both in a head box and in the README's ROI box,
-        with a plausible segmentation and a spread inside the structure of 0.044-0.047
-        (threshold 0.0548). The spread is measured inside the structure, so the same
-        segmentation is judged the same in crop, ROI and head mode."""
-        signals = []
-        scored = any(score is not None for score in self.quality.values())
-        empty = [name for name, value in self.structure_spread.items() if value is None] if scored else []
-        # An empty structure was counted as flagged when the spread threshold was chosen
-        # (robustness_benchmark.py); an empty part (anterior or posterior) of a segmented one is
-        # named too: every hippocampus has both, so the result is incomplete.
-        where = [name for name in empty if name != "structure"]
-        if scored and self.volumes is not None and "structure" not in empty:
-            where += [name for name, mm3 in self.volumes.segments_mm3.items()
-                      if not mm3 and not any(name.startswith(f"{side} ") for side in empty)]
-        if empty or where:
-            signals.append("nothing segmented" + (f" ({', '.join(where)})" if where else ""))
-        for scores, threshold, what in ((self.quality, self.nqm_warning_threshold, "NQM"),
-                                        (self.structure_spread, self.structure_spread_warning_threshold,
-                                         "spread inside the structure")):
-            high = [name for name, score in scores.items()
-                    if threshold is not None and score is not None and score > threshold]
-            where = [name for name in high if name != "structure"]  # crop mode's one structure needs no name
-            if high:
-                signals.append(f"{what} above {threshold:g}" + (f" ({', '.join(where)})" if where else ""))
-        return signals
+        """The quality signals above the model's warning thresholds, as phrases for a message
+        (:func:`failure_signals`, which says why NQM does not warn when the spread can)."""
+        return failure_signals(self.quality, self.structure_spread,
+                               self.volumes.segments_mm3 if self.volumes is not None else None,
+                               self.quality_warning_threshold, self.structure_spread_warning_threshold)
 
     @property
     def likely_failure(self) -> bool:
@@ -176,6 +145,63 @@ class MedNCAResult:
         segment, for a model without that threshold), or a scored structure is empty (see
         :attr:`failure_signals`)."""
         return bool(self.failure_signals)
+
+
+def nqm_warning_threshold(quality_threshold: float | None, spread_threshold: float | None) -> float | None:
+    """The NQM threshold a result is judged by: the model's ``quality_threshold`` only when it
+    has no ``spread_threshold`` (a model of the user's), else None (see :func:`failure_signals`)."""
+    return quality_threshold if spread_threshold is None else None
+
+
+def failure_signals(quality: Mapping[str, float | None], structure_spread: Mapping[str, float | None],
+                    segments_mm3: Mapping[str, float] | None, quality_threshold: float | None,
+                    spread_threshold: float | None) -> list[str]:
+    """Why a result is likely wrong, as phrases for a message (empty: no signal); the one rule
+    the logic, the panel, the commands and the robustness benchmark judge results by.
+
+    Args:
+        quality: NQM per segment name; None per segment after one run (no score).
+        structure_spread: ``inference.structure_spread`` per structure ("structure" in crop
+            mode, "left"/"right" on a whole head); None for an empty structure.
+        segments_mm3: volume per segment name (head mode: "left ..."/"right ..."), or None.
+        quality_threshold, spread_threshold: the model's (registry) thresholds, or None.
+
+    Signals: the spread inside a structure above ``spread_threshold``; NQM above
+    ``quality_threshold`` only for a model without a spread threshold; with a score (2 or more
+    runs), a structure, or a part of one, with nothing segmented.
+
+    Why NQM does not warn when the spread can: on the robustness benchmark's 798 clean and
+    corrupted validation results, NQM at its threshold flagged no failure (Dice < 0.8) that
+    the spread missed, for the shipped and the previous weights alike, and only added false
+    alarms (``Testing/Benchmarks/RESULTS.md``). And NQM divides the runs' spread over the
+    whole field of view by the segmented mass, so it depends on the box: its threshold was
+    chosen on tight validation crops, and the MNI152 template's left hippocampus got a
+    posterior NQM of 0.19 (threshold 0.173) both in a head box and in the README's ROI box,
+    with a plausible segmentation and a spread inside the structure of 0.044-0.047
+    (threshold 0.0548). The spread is measured inside the structure, so the same
+    segmentation is judged the same in crop, ROI and head mode.
+    """
+    signals = []
+    scored = any(score is not None for score in quality.values())
+    empty = [name for name, value in structure_spread.items() if value is None] if scored else []
+    # An empty structure was counted as flagged when the spread threshold was chosen
+    # (robustness_benchmark.py); an empty part (anterior or posterior) of a segmented one is
+    # named too: every hippocampus has both, so the result is incomplete.
+    where = [name for name in empty if name != "structure"]
+    if scored and segments_mm3 is not None and "structure" not in empty:
+        where += [name for name, mm3 in segments_mm3.items()
+                  if not mm3 and not any(name.startswith(f"{side} ") for side in empty)]
+    if empty or where:
+        signals.append("nothing segmented" + (f" ({', '.join(where)})" if where else ""))
+    for scores, threshold, what in ((quality, nqm_warning_threshold(quality_threshold, spread_threshold), "NQM"),
+                                    (structure_spread, spread_threshold,
+                                     "spread inside the structure")):
+        high = [name for name, score in scores.items()
+                if threshold is not None and score is not None and score > threshold]
+        where = [name for name in high if name != "structure"]  # crop mode's one structure needs no name
+        if high:
+            signals.append(f"{what} above {threshold:g}" + (f" ({', '.join(where)})" if where else ""))
+    return signals
 
 
 class MedNCASegmentLogic(RegistryLogic):

@@ -426,14 +426,17 @@ def quality_analysis(rows: list[dict], entry: dict, typical_volumes: np.ndarray 
             loco = f"{held_out['sensitivity']:.3f}" if held_out and label != "shipped" else "-"
             lines.append(f"| {name}, {label} | {value:.4g} | {rates['sensitivity']:.3f} | "
                          f"{rates['specificity']:.3f} | {rates['flagged']} of {len(nca)} | {loco} |")
-    # The logic's rule (MedNCAResult.failure_signals): the spread warns; NQM only for a model
-    # without a spread threshold. (An empty result has spread_inside 1.0 here: flagged.)
+    # The logic's own rule (logic.failure_signals) on each result.
+    from MedNCASegmentLib.logic import failure_signals
+
     warns_by = "spread inside the structure" if entry.get("structureSpreadWarningThreshold") is not None \
         else "NQM (largest of the classes)"
-    values, threshold = shipped[warns_by]
-    combined = values > threshold if threshold is not None else np.zeros(len(nca), bool)
-    # ... and a segmented structure with an empty part (rows recorded before part volumes: none).
-    combined |= np.array([r["volume"] > 0 and 0 in r.get("part_volumes", ()) for r in nca])
+    combined = np.array([bool(failure_signals(
+        {f"class {index + 1}": score for index, score in enumerate(r["nqm"])},
+        {"structure": r["spread_inside"] if r["volume"] else None},
+        # rows recorded before part volumes: no part judged
+        {f"class {index + 1}": mm3 for index, mm3 in enumerate(r["part_volumes"])} if "part_volumes" in r else None,
+        entry.get("qualityWarningThreshold"), entry.get("structureSpreadWarningThreshold"))) for r in nca])
     if failure.any() and (~failure).any():
         sensitivity, specificity = combined[failure].mean(), (~combined[~failure]).mean()
         report["shipped_rule"] = {"sensitivity": float(sensitivity), "specificity": float(specificity),

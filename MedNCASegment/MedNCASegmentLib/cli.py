@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return batch.BatchOutcome(volume.GetName(), True,
                                       f"{written} ({result.seconds:.1f} s, {result.mode} mode; "
                                       f"{result.volumes.summary()}; quality score NQM: {quality})",
-                                      result.seconds, result.warnings, flagged=result.likely_failure)
+                                      result.seconds, result.warnings)
         finally:
             scene.Clear(0)  # keep memory flat over long batches
 

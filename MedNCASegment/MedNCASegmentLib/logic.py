@@ -82,7 +82,7 @@ class MedNCAJob:
     full_geometry: VolumeGeometry
     crop: KJISlices | None
     output_segmentation: object | None
-    notes: list[str] = field(default_factory=list)  # warnings about the input (its file, its content), for the result
+    warnings: list[str] = field(default_factory=list)  # warnings about the input (its file, its content), for the result
     mode: str = "crop"  # "crop" (one hippocampus) or "head" (both, in their boxes)
     boxes: dict[str, HippocampusBox] | None = None  # head mode: the boxes the user placed (else located)
     box_nodes: dict[str, object] | None = None  # their ROI nodes
@@ -267,26 +267,26 @@ class MedNCASegmentLogic(RegistryLogic):
         settings = settings if settings is not None else MedNCASettings()
         settings = dataclasses.replace(settings, device=check_device(settings.device))
         image, full_geometry = array_from_volume(inputVolume)
-        notes = check_source_files([inputVolume])  # the file it was read from: damage, transforms
+        warnings = check_source_files([inputVolume])  # the file it was read from: damage, transforms
         entry = self.model_entry(settings.model)
-        notes += check_inputs([image], [full_geometry], [inputVolume.GetName()], entry.inputs,
+        warnings += check_inputs([image], [full_geometry], [inputVolume.GetName()], entry.inputs,
                               entry.input_requirements)  # its content: a label map, the card's requirements
         if roi is not None:
             crop, geometry = crop_to_roi(full_geometry, roi)
             _check_memory(geometry, entry, inputVolume)
             return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image[crop]), geometry, full_geometry,
-                             crop, outputSegmentation, notes)
+                             crop, outputSegmentation, warnings)
         mode = "head" if boxes is not None else choose_mode(full_geometry, settings.mode)
         if mode == "crop":
             if choose_mode(full_geometry, "auto") == "head":  # crop forced on a head-sized field of view
                 extent = " x ".join(f"{e:.0f}" for e in np.subtract(*full_geometry.bounds_ras()[::-1]))
-                notes.append(f"Crop mode on {describe_node(inputVolume)}, whose field of view is {extent} mm: the "
+                warnings.append(f"Crop mode on {describe_node(inputVolume)}, whose field of view is {extent} mm: the "
                              f"model segments one hippocampus in a crop under {CROP_MODE_MAX_EXTENT_MM:.0f} mm, so "
                              "on a larger volume the result may be wrong. Use mode auto or head for a whole head, "
                              "or an ROI box around one hippocampus.")
             _check_memory(full_geometry, entry, inputVolume)
             return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image), full_geometry, full_geometry,
-                             None, outputSegmentation, notes)
+                             None, outputSegmentation, warnings)
         if not entry.bilateral_segments:
             raise ModelError(f"Model '{entry.id}' declares no left and right segments (bilateralSegments in its "
                              "registry entry), so it cannot segment a whole head; choose crop mode or an ROI.")
@@ -295,7 +295,7 @@ class MedNCASegmentLogic(RegistryLogic):
         if placed is None:
             template_path()  # nilearn missing: say so now, before the run starts
         return MedNCAJob(inputVolume, entry, settings, image, full_geometry, full_geometry, None, outputSegmentation,
-                         notes, "head", placed, box_nodes)
+                         warnings, "head", placed, box_nodes)
 
     def compute(self, job: MedNCAJob, progressCallback: ProgressCallback | None = None,
                 cancelRequest: CancelRequest | None = None,
@@ -447,28 +447,30 @@ class MedNCASegmentLogic(RegistryLogic):
                 uncertainty = write_scalar_volume(self.scene, spread.astype(np.float32), job.full_geometry,
                                                   f"{volume.GetName()} Med-NCA uncertainty")
             result = MedNCAResult(node, labels, job.full_geometry, quality, uncertainty, computed.seconds,
-                                  warnings=list(job.notes),
+                                  warnings=list(job.warnings),
                                   quality_warning_threshold=job.entry.quality_warning_threshold, mode=job.mode,
                                   volumes=volumes, boxes=boxes, localization=head.localization if head else None,
                                   structure_spread=inside,
                                   structure_spread_warning_threshold=job.entry.structure_spread_warning_threshold)
-            if head is not None:
-                for side in SIDES:
-                    if not any(volumes.segments_mm3[s.name] for s in segments if s.name.startswith(side)):
-                        result.warnings.append(f"Nothing was segmented in the {side} hippocampus box: check the box "
-                                               "(move or resize its ROI node) and segment again.")
-            if not scored:
-                result.warnings.append("One run gives no quality scores (NQM and the spread inside the structure need "
-                                       "at least 2 runs), so a failed segmentation cannot be flagged; use 2 or more "
-                                       "runs for them.")
+            # One message per finding: with a score, the likely-failure message names an empty
+            # structure or part (and says what to do); after one run the emptiness is said alone.
             if result.likely_failure:
                 result.warnings.append(
                     f"The segmentation is likely wrong: {'; '.join(result.failure_signals)}. "
                     "Check it. The image may be degraded (motion, noise, blur, thick slices) or not a T1 of the "
                     f"hippocampus; {_failure_advice(job)}")
-            empty = empty_result_warning(labels, [spec.name for spec in segments], volume.GetName())
-            if empty:
-                result.warnings.append(empty)
+            if not scored:
+                result.warnings.append("One run gives no quality scores (NQM and the spread inside the structure need "
+                                       "at least 2 runs), so a failed segmentation cannot be flagged; use 2 or more "
+                                       "runs for them.")
+                empty = empty_result_warning(labels, [spec.name for spec in segments], volume.GetName())
+                if empty:
+                    result.warnings.append(empty)
+                elif head is not None:
+                    for side in SIDES:
+                        if not any(volumes.segments_mm3[s.name] for s in segments if s.name.startswith(side)):
+                            result.warnings.append(f"Nothing was segmented in the {side} hippocampus box: check the "
+                                                   "box (move or resize its ROI node) and segment again.")
             cancel.raise_if_set()
             report(1.0, "Done")
         return result

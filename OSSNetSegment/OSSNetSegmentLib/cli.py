@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             grid = " x ".join(str(n) for n in shape)
             return batch.BatchOutcome(name, True, f"{path} ({grid} voxels; {result.seconds:.1f} s; "
                                                   f"{result.decoded_fraction:.2%} of the voxels decoded)",
-                                      result.seconds, result.warnings)
+                                      result.seconds, result.warnings, result.details)
         finally:
             scene.Clear(0)  # keep memory flat over long batches
 

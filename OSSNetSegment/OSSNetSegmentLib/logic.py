@@ -65,7 +65,9 @@ class OSSNetJob:
     input_grid: VolumeGeometry  # the first input's grid, or its ROI box
     plan: OutputGridPlan  # the grid the model reads and the output grid
     output_segmentation: object | None
-    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # warnings about the input (its files, its content)
+    # What was done to the input to read it (resampling), shown with the result; not a warning.
+    details: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -81,7 +83,9 @@ class OSSNetComputed:
 
 @dataclass
 class OSSNetResult:
-    """What one run produced: the segmentation node, how much was decoded, the time, notes."""
+    """What one run produced: the segmentation node, how much was decoded, the time, warnings
+    (anything that questions the result: the commands report it as CHECK, the panel in red) and
+    details (what was done to the input to read it)."""
 
     segmentation: object
     geometry: VolumeGeometry  # the output grid the segmentation lives on
@@ -90,6 +94,7 @@ class OSSNetResult:
     decoded_points: int
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)  # e.g. "The T1c volume ... was resampled onto ..."
 
 
 def _overlap(a: VolumeGeometry, b: VolumeGeometry) -> float:
@@ -152,13 +157,14 @@ class OSSNetSegmentLogic(RegistryLogic):
         volumes = [inputVolumes] if not isinstance(inputVolumes, (list, tuple)) else list(inputVolumes)
         self._check_count(volumes, entry)
         arrays = [array_from_volume(volume) for volume in volumes]  # checks each: 3D, scalar, finite
-        notes = check_source_files(volumes)  # damaged files, transforms, one file twice
+        warnings = check_source_files(volumes)  # damaged files, transforms, one file twice
         # content: no label map or constant volume, the card's requirements, FLAIR and T1c in order
-        notes += check_inputs([image for image, _ in arrays], [geometry for _, geometry in arrays],
+        warnings += check_inputs([image for image, _ in arrays], [geometry for _, geometry in arrays],
                               [volume.GetName() for volume in volumes], entry.inputs, entry.input_requirements,
                               named_as=is_input)
         reference_image, reference = arrays[0]
         images = [reference_image]
+        details = []
         for volume, (image, geometry), name in zip(volumes[1:], arrays[1:], entry.inputs[1:], strict=True):
             if not geometry.matches(reference, atol=1e-4):
                 if _overlap(reference, geometry) < MIN_OVERLAP:
@@ -168,8 +174,8 @@ class OSSNetSegmentLogic(RegistryLogic):
                         "cannot be resampled onto it: select the matching scan of the same patient, or register "
                         "the two first.")
                 image = resample(image, geometry, reference, order=1)
-                notes.append(f"The {name} volume {describe_node(volume)} was resampled onto the grid of "
-                             f"{describe_node(volumes[0])}.")
+                details.append(f"The {name} volume {describe_node(volume)} was resampled onto the grid of "
+                               f"{describe_node(volumes[0])}.")
             images.append(image)
         del arrays
         crop = None
@@ -178,8 +184,8 @@ class OSSNetSegmentLogic(RegistryLogic):
         plan = plan_output_grid(reference, len(entry.inputs), settings, entry.orientation)
         plan.check()
         if plan.resampled:
-            notes.append("The input is oblique; it was resampled onto an axis-aligned grid.")
-        return OSSNetJob(volumes, entry, settings, images, crop, reference, plan, outputSegmentation, notes)
+            details.append("The input is oblique; it was resampled onto an axis-aligned grid.")
+        return OSSNetJob(volumes, entry, settings, images, crop, reference, plan, outputSegmentation, warnings, details)
 
     @staticmethod
     def _check_count(volumes: list, entry: ModelEntry) -> None:
@@ -239,7 +245,7 @@ class OSSNetSegmentLogic(RegistryLogic):
                                ("DecodedPoints", str(computed.decoded_points)),
                                ("Seconds", f"{computed.seconds:.2f}"), ("OutputSpacing", spacing)):
                 node.SetAttribute(ATTRIBUTE_PREFIX + key, value)
-            warnings = list(job.notes)
+            warnings = list(job.warnings)
             empty = empty_result_warning(computed.labels, [spec.name for spec in job.entry.segments],
                                          reference.GetName())
             if empty:
@@ -247,4 +253,4 @@ class OSSNetSegmentLogic(RegistryLogic):
             cancel.raise_if_set()
             report(1.0, "Done")
         return OSSNetResult(node, computed.geometry, computed.labels, computed.decoded_fraction,
-                            computed.decoded_points, computed.seconds, warnings)
+                            computed.decoded_points, computed.seconds, warnings, list(job.details))

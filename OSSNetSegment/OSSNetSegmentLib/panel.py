@@ -68,11 +68,13 @@ def resolution_text(reference_volume, roi, channels: int, settings: OSSNetSettin
 
 
 def run_summary(result) -> RunSummary:
-    """What the panel reports about an ``OSSNetResult``: time, output grid, decoded share, notes."""
+    """What the panel reports about an ``OSSNetResult``: time, output grid, decoded share, what was
+    done to the input, warnings."""
     grid = " x ".join(str(n) for n in result.geometry.shape_ijk)
     spacing = " x ".join(f"{s:.3g}" for s in result.geometry.spacing)
     voxels = result.labels.size
     details = (f"Output grid {grid} voxels of {spacing} mm; the network decoded {result.decoded_fraction:.1%} "
-               f"of its {voxels / 1e6:.1f} million voxels (the rest follows from the coarse levels).",)
+               f"of its {voxels / 1e6:.1f} million voxels (the rest follows from the coarse levels).",
+               *result.details)
     name = result.segmentation.GetName() if result.segmentation is not None else ""
     return RunSummary(seconds=result.seconds, details=details, warnings=tuple(result.warnings), output_name=name)

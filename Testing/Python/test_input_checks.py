@@ -125,6 +125,11 @@ def test_swapped_inputs_named_for_their_modality_are_refused(features):
     assert error.endswith("Give them in the order the model card lists: FLAIR, T1c.")
     # the right order with the right names: nothing to say
     assert modality_order_problems([flair, t1c], INPUTS, names[::-1], is_input) == ([], None)
+    # the right names on swapped contents (files labelled wrongly): a warning that says so
+    warnings, error = modality_order_problems([t1c, flair], INPUTS, names[::-1], is_input)
+    assert error is None and len(warnings) == 1
+    assert "were given and their names agree, but their contrast looks like the reverse" in warnings[0]
+    assert "If the files are labelled wrongly, give them the other way round" in warnings[0]
     # names swapped but the contrast says the order is right: a warning, not a refusal
     warnings, error = modality_order_problems([flair, t1c], INPUTS, names, is_input)
     assert error is None and "their names say the reverse" in warnings[0]

@@ -181,7 +181,8 @@ def test_bad_inputs_give_clear_errors(scene, logic) -> None:
 
 def test_cli_counts_and_marks_likely_failures(tmp_path, capsys) -> None:
     """A batch with a good scan and a scrambled one (no anatomy): the scrambled one's line starts
-    with CHECK and names the signal, the summary counts it, the volumes table marks it."""
+    with CHECK and names the signal once (not again as an empty result), the summary counts it,
+    the volumes table marks it."""
     import csv
 
     import nibabel
@@ -200,7 +201,8 @@ def test_cli_counts_and_marks_likely_failures(tmp_path, capsys) -> None:
     assert any(line.startswith(f"ok     {VALIDATION_CASE}:") for line in printed.splitlines())
     assert any(line.startswith("CHECK  scrambled:") for line in printed.splitlines())
     assert "The segmentation is likely wrong: nothing segmented." in printed
-    assert "summary: 2 of 2 segmented (1 flagged as a likely failure: check it), 0 failed" in printed
+    assert "is empty" not in printed  # said once, by the likely-failure message
+    assert "summary: 2 of 2 segmented (1 with warnings: check it), 0 failed" in printed
     rows = {Path(row["input"]).name: row for row in csv.DictReader(table.open())}
     assert rows[image.name]["likely failure"] == "no" and rows["scrambled.nii.gz"]["likely failure"] == "yes"
 
@@ -212,7 +214,7 @@ def test_cli_segments_several_files_and_survives_a_bad_one(tmp_path, capsys) -> 
                        "--runs", str(CARD["evaluation"]["runs"]), "--seed", str(CARD["evaluation"]["seed"])])
     printed = capsys.readouterr().out
     assert status == 1
-    assert "missing.nii.gz" in printed and "no such file" in printed
+    assert "missing.nii.gz" in printed and "no such file. Check the path" in printed
     assert "1 of 2 segmented" in printed and "quality score" in printed
     import nibabel
 

@@ -7,6 +7,7 @@ test_mednca_panel.py.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import slicer
 
 from EfficientSegmentationCommon.geometry import VolumeGeometry
-from EfficientSegmentationCommon.panel_state import summary_text
+from EfficientSegmentationCommon.panel_state import WARNING_STYLE, summary_text
 from EfficientSegmentationCommon.segmentation_output import write_scalar_volume
 from OSSNetSegmentLib.input_names import is_input
 from OSSNetSegmentLib.logic import OSSNetResult
@@ -147,13 +148,17 @@ def test_resolution_text_uses_the_first_input_and_the_roi_box(scene):
 def test_run_summary_reports_grid_decoded_share_and_notes(scene):
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "pat0006 OSS-Net")
     geometry = VolumeGeometry.compose((20, 30, 40), (0.5, 0.5, 0.5))
-    result = OSSNetResult(segmentation, geometry, np.zeros(geometry.shape_kji, np.uint8), 0.0312, 748, 12.5,
-                          ["The T1c volume 't1c' was resampled onto the grid of 'flair'."])
+    result = OSSNetResult(segmentation, geometry, np.ones(geometry.shape_kji, np.uint8), 0.0312, 748, 12.5,
+                          details=["The T1c volume 't1c' was resampled onto the grid of 'flair'."])
     text, style = summary_text(run_summary(result))
-    assert style == ""
+    assert style == ""  # a resampled input is a fact about the run, not a warning
     assert text.splitlines()[0] == "Done in 12 s: 'pat0006 OSS-Net'."
     assert "Output grid 40 x 30 x 20 voxels of 0.5 x 0.5 x 0.5 mm" in text and "decoded 3.1%" in text
     assert text.splitlines()[-1].startswith("The T1c volume")
+    # A warning (here an empty result's) turns the result line red, as CHECK in the commands.
+    warned = dataclasses.replace(result, warnings=["The segmentation of 'flair' is empty: no whole tumour was found."])
+    text, style = summary_text(run_summary(warned))
+    assert style == WARNING_STYLE and text.splitlines()[-1].startswith("WARNING: The segmentation of 'flair' is empty")
 
 
 @pytest.mark.parametrize(("name", "flair", "t1c"), [

@@ -174,15 +174,18 @@ class BatchOutcome:
     ok: bool
     detail: str
     seconds: float = 0.0
-    warnings: Sequence[str] = ()  # the result's warnings, printed under its line
-    flagged: bool = False  # segmented, but its quality signals call it a likely failure
+    # The result's warnings (an input problem, an empty or likely wrong result, no quality score),
+    # printed under its line; a result with any is not reported "ok".
+    warnings: Sequence[str] = ()
+    notes: Sequence[str] = ()  # facts about the run (e.g. an input resampled), printed under its line
 
 
 def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], names: dict[str, str] | None = None) -> int:
     """Process every item, report each, print a summary; exit status 1 if any failed.
 
-    Each item's line starts with ``ok``, ``CHECK`` (segmented, flagged as a likely failure: its
-    warnings say why) or ``FAILED``; the summary counts the flagged ones too.
+    Each item's line starts with ``ok`` (segmented, nothing questions the result), ``CHECK``
+    (segmented with warnings, printed under the line: look at the result before using it) or
+    ``FAILED``; the summary counts the ones to check.
 
     ``names`` (item -> name) names the items in the report (default: the item's base name).
     """
@@ -196,15 +199,17 @@ def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], name
             detail = str(error) if isinstance(error, InputVolumeError) else f"{type(error).__name__}: {error}"
             outcome = BatchOutcome((names or {}).get(item, os.path.basename(item)), False, detail)
         outcomes.append(outcome)
-        status = "FAILED" if not outcome.ok else "CHECK " if outcome.flagged else "ok    "
+        status = "FAILED" if not outcome.ok else "CHECK " if outcome.warnings else "ok    "
         print(f"{status} {outcome.name}: {outcome.detail}", flush=True)
+        for note in outcome.notes:
+            print(f"       note: {note}", flush=True)
         for warning in outcome.warnings:
             print(f"       warning: {warning}", flush=True)
     succeeded = [o for o in outcomes if o.ok]
     mean_seconds = sum(o.seconds for o in succeeded) / len(succeeded) if succeeded else 0.0
-    flagged = sum(o.flagged for o in succeeded)
-    checks = ("" if not flagged else " (1 flagged as a likely failure: check it)" if flagged == 1
-              else f" ({flagged} flagged as likely failures: check them)")
+    to_check = sum(bool(o.warnings) for o in succeeded)
+    checks = ("" if not to_check else " (1 with warnings: check it)" if to_check == 1
+              else f" ({to_check} with warnings: check them)")
     print(f"summary: {len(succeeded)} of {len(outcomes)} segmented{checks}, {len(outcomes) - len(succeeded)} failed; "
           f"{mean_seconds:.1f} s per volume", flush=True)
     return 0 if len(succeeded) == len(outcomes) else 1

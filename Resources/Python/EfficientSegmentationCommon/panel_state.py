@@ -93,8 +93,9 @@ def format_duration(seconds: float) -> str:
 
 
 def summary_text(summary: RunSummary) -> tuple[str, str]:
-    """The result line and its style: timing and quality score, with a red warning when the
-    score signals a likely failure."""
+    """The result line and its style: timing and quality score, then the warnings in red when
+    there are any (a likely failure, an empty result, an input problem, no quality score): as the
+    commands, which report such a result as CHECK rather than ok."""
     done = f"Done in {format_duration(summary.seconds)}"
     if summary.output_name:
         done += f": '{summary.output_name}'"
@@ -104,12 +105,11 @@ def summary_text(summary: RunSummary) -> tuple[str, str]:
         scores = ", ".join(f"{name} {value:.3f}" for name, value in summary.quality.items())
         limit = f", warning above {summary.warning_threshold:g}" if summary.warning_threshold is not None else ""
         lines.append(f"{summary.quality_name[:1].upper()}{summary.quality_name[1:]} (lower is better{limit}): {scores}.")
-    if summary.likely_failure:
+    if summary.likely_failure or summary.warnings:
         details = list(summary.warnings) or [
             "The quality score signals a likely failure: check the segmentation before using it."]
         lines.append("WARNING: " + " ".join(details))
         return "\n".join(lines), WARNING_STYLE
-    lines.extend(summary.warnings)
     return "\n".join(lines), ""
 
 

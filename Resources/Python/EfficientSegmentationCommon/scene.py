@@ -151,7 +151,9 @@ def load_volume(scene, path: str | os.PathLike, name: str | None = None):
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise InputVolumeError(f"Cannot load volume file '{path}': no such file.")
+        what = "a folder, not a file" if os.path.isdir(path) else "no such file"
+        where = "" if os.path.isabs(path) else f", relative to {os.getcwd()}"
+        raise InputVolumeError(f"Cannot load volume file '{path}': {what}. Check the path{where}.")
     report = inspect_file(path)
     if report is not None and report.problem:
         raise InputVolumeError(report.problem)

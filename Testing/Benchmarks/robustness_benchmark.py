@@ -89,7 +89,9 @@ ARTEFACTS: dict[str, dict[str, dict]] = {
     "blur": {"moderate": {"std": 0.75}, "strong": {"std": 1.5}},
     # contrast change I -> I ** gamma on [0, 1]; log(gamma) given (gamma 1.35 and 2.0).
     "gamma": {"moderate": {"log_gamma": 0.3}, "strong": {"log_gamma": 0.7}},
-    # thick slices across the model's slicing axis (K): downsampled by this factor and resampled back.
+    # thick slices across the model's slicing axis (K): slices this many voxels thick and apart,
+    # interpolated back (MedNCASegmentLib.augmentation.thick_slices; until 2026-12-01 torchio's
+    # RandomAnisotropy, which moved some crops half a voxel against their labels).
     "thick slices": {"moderate": {"downsampling": 3.0}, "strong": {"downsampling": 5.0}},
     # the structure at the edge of the field of view: cropped on the low-I and low-J sides to this
     # many voxels from the labelled structure (0: the structure touches the edge).
@@ -152,7 +154,9 @@ def _intensity_transform(name: str, parameters: dict, extent_mm: float):
     if name == "gamma":
         return tio.RandomGamma(log_gamma=(p["log_gamma"], p["log_gamma"]))
     if name == "thick slices":
-        return tio.RandomAnisotropy(axes=(2,), downsampling=(p["downsampling"], p["downsampling"]))
+        from MedNCASegmentLib.augmentation import thick_slices
+
+        return tio.Lambda(lambda tensor: thick_slices(tensor, p["downsampling"]))
     raise ValueError(f"unknown artefact {name!r}; known: {', '.join(ARTEFACTS)}")
 
 

@@ -104,8 +104,8 @@ def thick_slices(tensor: torch.Tensor, factor: float) -> torch.Tensor:
     lie symmetrically about the volume's centre, and the slices are interpolated back linearly,
     as a viewer or our logic resamples a thick-slice scan. torchio's ``RandomAnisotropy`` is not
     used: it samples single voxels (nearest neighbour, no slice thickness) on a grid whose
-    centres fall half a voxel off for some lengths (for 3: 34, 37, 40 and 43 voxels), so the
-    image moved against its labels by half a voxel for about a third of the hippocampus crops
+    centres fall half a voxel off for some lengths (for 3: 31, 34, 37, 40 and 43 voxels), so the
+    image moved half a voxel against its labels for 14 of the 42 validation crops
     (Testing/Benchmarks/RESULTS.md). Needs torchio.
     """
     import torchio as tio

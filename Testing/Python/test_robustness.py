@@ -115,7 +115,7 @@ def test_leave_one_case_out_judges_each_case_by_the_others():
 def test_thick_slices_blur_across_k_and_move_nothing(case):
     """Thick slices (augmentation.thick_slices, the benchmark's and the training's) average across
     K without moving anything: a ramp along K keeps its values inside the volume for every length
-    and thickness (torchio's RandomAnisotropy moved a third of the lengths half a voxel), and the
+    and thickness (torchio's RandomAnisotropy moved some lengths half a voxel), and the
     real case's labelled structure keeps its mass and centre while its K profile widens."""
     import torch
     from MedNCASegmentLib.augmentation import thick_slices

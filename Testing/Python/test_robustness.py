@@ -112,6 +112,20 @@ def test_leave_one_case_out_judges_each_case_by_the_others():
                                                                    "specificity": 1.0}
 
 
+def test_carried_labels_show_what_an_artefact_does_to_the_anatomy(case):
+    """The labels carried through an intensity-only artefact are the labels (Dice 1); motion,
+    blur and thick slices move or blur them (Dice below 1, lower at the strong blur)."""
+    assert rb.carried_labels_dice(case, "gamma", "strong", rb.HIPPOCAMPUS_REGIONS) == {
+        "foreground": 1.0, "anterior": 1.0, "posterior": 1.0}
+    for artefact in rb.GEOMETRIC_ARTEFACTS:
+        scores = rb.carried_labels_dice(case, artefact, "moderate", rb.HIPPOCAMPUS_REGIONS)
+        assert 0.8 < scores["foreground"] < 1.0, (artefact, scores)
+    blur = [rb.carried_labels_dice(case, "blur", level, rb.HIPPOCAMPUS_REGIONS)["foreground"] for level in rb.LEVELS]
+    assert blur[1] < blur[0]
+    lines = rb.carried_labels_table([case], ["noise", "blur"], ["moderate"], rb.HIPPOCAMPUS_REGIONS)
+    assert len(lines) == 3 and lines[2].startswith(f"| blur | moderate | {blur[0]:.4f} |")
+
+
 def test_thick_slices_blur_across_k_and_move_nothing(case):
     """Thick slices (augmentation.thick_slices, the benchmark's and the training's) average across
     K without moving anything: a ramp along K keeps its values inside the volume for every length

@@ -82,7 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          volume)
             scored = all(score is not None for score in result.quality.values())
             flag = "yes" if result.likely_failure else "no" if scored else f"unknown ({settings.runs} run)"
-            row.update(volume_row(result.mode, result.volumes), status="ok", **{"likely failure": flag})
+            # As the printed line: "check" when any warning questions the result; they are the last column.
+            row.update(volume_row(result.mode, result.volumes), status="check" if result.warnings else "ok",
+                       **{"likely failure": flag})
+            row["warnings"] = " | ".join(result.warnings)
             if not scored:
                 quality = f"unavailable with {settings.runs} run"
             else:

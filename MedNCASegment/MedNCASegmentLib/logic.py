@@ -461,30 +461,44 @@ class MedNCASegmentLogic(RegistryLogic):
                     f"hippocampus; {_failure_advice(job)}")
             if not scored:
                 result.warnings.append("One run gives no quality scores (NQM and the spread inside the structure need "
-                                       "at least 2 runs), so a failed segmentation cannot be flagged; use 2 or more "
-                                       "runs for them.")
+                                       "at least 2 runs), so the runs' spread cannot flag a failed segmentation; use "
+                                       "2 or more runs for them.")
                 empty = empty_result_warning(labels, [spec.name for spec in segments], volume.GetName())
                 if empty:
                     result.warnings.append(empty)
-                elif head is not None:
-                    for side in SIDES:
-                        if not any(volumes.segments_mm3[s.name] for s in segments if s.name.startswith(side)):
-                            result.warnings.append(f"Nothing was segmented in the {side} hippocampus box: check the "
-                                                   "box (move or resize its ROI node) and segment again.")
+                else:
+                    result.warnings += _empty_part_warnings(volumes.segments_mm3, job)
             cancel.raise_if_set()
             report(1.0, "Done")
         return result
+
+
+def _empty_part_warnings(segments_mm3: Mapping[str, float], job: MedNCAJob) -> list[str]:
+    """After one run (no score, so no likely-failure message to name them): a warning per empty
+    side of a whole head, and one naming the empty parts of a segmented structure (every
+    hippocampus has an anterior and a posterior part)."""
+    warnings = []
+    empty_sides = [side for side in SIDES if job.mode == "head"
+                   and not any(mm3 for name, mm3 in segments_mm3.items() if name.startswith(f"{side} "))]
+    for side in empty_sides:
+        warnings.append(f"Nothing was segmented in the {side} hippocampus box: {_failure_advice(job)}")
+    parts = [name for name, mm3 in segments_mm3.items()
+             if not mm3 and not any(name.startswith(f"{side} ") for side in empty_sides)]
+    if parts:
+        warnings.append(f"Nothing was segmented as {', '.join(parts)}, though every hippocampus has both parts: "
+                        f"the result is incomplete. Check it; {_failure_advice(job)}")
+    return warnings
 
 
 def _failure_advice(job: MedNCAJob) -> str:
     """What may help a likely failure, for the way this job was placed: suggest a box only where
     the user has not drawn one, and to check the ones they (or the localization) placed."""
     if job.mode == "head":
-        return ("check that each hippocampus box holds its whole hippocampus (move or resize its ROI node); "
-                "more steps can help.")
+        return ("check that each hippocampus box holds its whole hippocampus (in Slicer, move or resize its ROI "
+                "node; with mednca-segment, segment one side in a box given by --roi); more steps can help.")
     if job.crop is not None:
         return "check that the ROI box holds one whole hippocampus with a margin; more steps can help."
-    return "an ROI box around one hippocampus, or more steps, can help."
+    return "an ROI box around one hippocampus (--roi with mednca-segment), or more steps, can help."
 
 
 def _check_memory(geometry: VolumeGeometry, entry: ModelEntry, volume) -> None:

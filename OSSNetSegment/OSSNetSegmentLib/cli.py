@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from EfficientSegmentationCommon import batch
-from EfficientSegmentationCommon.errors import InputVolumeError
+from EfficientSegmentationCommon.errors import InputVolumeError, check_the_path
 from EfficientSegmentationCommon.scene import load_volume, name_from_path
 from EfficientSegmentationCommon.settings import add_arguments
 
@@ -53,15 +53,20 @@ def _is_volume_file(path: Path) -> bool:
 
 def case_files(folder: Path, inputs: Sequence[str]) -> list[Path]:
     """The files of a case folder for the model's ``inputs``, in that order; InputVolumeError
-    naming the input when none or several files match it."""
+    when the folder is missing, or naming the input when none or several files match it."""
+    if not folder.is_dir():
+        raise InputVolumeError(f"No such case folder '{folder}'. {check_the_path(str(folder))}")
     candidates = [p for p in sorted(folder.iterdir()) if _is_volume_file(p)]
     files = []
     for name in inputs:
         matches = [p for p in candidates if is_input(p.name, name)]
         if len(matches) != 1:
             found = ", ".join(p.name for p in matches) or "none"
+            hint = ""
+            if not candidates and any(p.is_dir() for p in folder.iterdir()):
+                hint = f" It holds folders: to segment each as a case, give them all (--input {folder / '*'})."
             raise InputVolumeError(f"Case folder {folder} must hold exactly one {name} volume "
-                                   f"(a file name containing {' or '.join(fragments_of(name))}); found: {found}.")
+                                   f"(a file name containing {' or '.join(fragments_of(name))}); found: {found}.{hint}")
         files.append(matches[0])
     for index, file in enumerate(files):
         if file in files[:index]:
@@ -71,21 +76,26 @@ def case_files(folder: Path, inputs: Sequence[str]) -> list[Path]:
     return files
 
 
-def cases(inputs: Sequence[str], model_inputs: Sequence[str]) -> tuple[list[tuple[str, list[Path]]], list[str]]:
-    """(case name, input files) pairs, one case of files or one per case folder, and notes.
+def cases(inputs: Sequence[str], model_inputs: Sequence[str]) -> tuple[dict[str, list[Path] | Path], list[str]]:
+    """Case name -> the input files of one case, or a case folder per case; and notes.
 
+    A folder's files are found when it is segmented (:func:`case_files`), so that a missing or
+    incomplete folder fails alone, reported in the batch, as a bad file does in mednca-segment.
+    A path without a volume file's suffix that does not exist counts as a missing case folder.
     Case folders of the same name (``siteA/case1``, ``siteB/case1``) are named after the folder
     names that differ (``siteA_case1``); a folder given twice is segmented once (see the notes).
+    Raises InputVolumeError for files and folders mixed, a missing file, or the wrong number of files.
     """
     paths = [Path(p) for p in inputs]
+    folders = [p.is_dir() or (not p.exists() and not p.name.lower().endswith(VOLUME_SUFFIXES)) for p in paths]
+    if all(folders):
+        unique, names, notes = batch.unique_names([str(p) for p in paths], lambda p: Path(p).name)
+        return {names[folder]: Path(folder) for folder in unique}, notes
+    if any(folders):
+        raise InputVolumeError("Give either the input files of one case or case folders, not both.")
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise InputVolumeError(f"Input not found: {', '.join(missing)}.")
-    if all(p.is_dir() for p in paths):
-        folders, names, notes = batch.unique_names([str(p) for p in paths], lambda p: Path(p).name)
-        return [(names[folder], case_files(Path(folder), model_inputs)) for folder in folders], notes
-    if any(p.is_dir() for p in paths):
-        raise InputVolumeError("Give either the input files of one case or case folders, not both.")
+        raise InputVolumeError(f"No such file: {', '.join(missing)}. {check_the_path(missing[0])}")
     if len(paths) != len(model_inputs):
         raise InputVolumeError(f"The model needs {len(model_inputs)} input volumes, in this order: "
                                f"{', '.join(model_inputs)}; {len(paths)} given.")
@@ -94,7 +104,7 @@ def cases(inputs: Sequence[str], model_inputs: Sequence[str]) -> tuple[list[tupl
         if path in real[:index]:
             raise InputVolumeError(f"'{paths[index].name}' is given for both {model_inputs[real.index(path)]} and "
                                    f"{model_inputs[index]}: give each input its own file.")
-    return [(name_from_path(str(paths[0])), paths)], []  # named like the volume node load_volume makes
+    return {name_from_path(str(paths[0])): paths}, []  # named like the volume node load_volume makes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,7 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         session = batch.start_command(args, OSSNetSegmentLogic, OSSNetSettings)
         scene, logic, settings, entry = session.scene, session.logic, session.settings, session.entry
         work, notes = cases(args.input, entry.inputs)
-        work = dict(work)
     except ValueError as error:  # an invalid setting, a model problem (ModelError) or a bad input
         print(f"ossnet-segment: {error}", file=sys.stderr)
         return 2
@@ -117,8 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {note}", flush=True)
 
     def process(name: str) -> batch.BatchOutcome:
-        volumes = [load_volume(scene, str(path)) for path in work[name]]
+        given = work[name]
+        files = case_files(given, entry.inputs) if isinstance(given, Path) else given
         try:
+            volumes = [load_volume(scene, str(path)) for path in files]
             result = logic.segment(volumes, settings, progressCallback=batch.ProgressBar(name))
             # nii.gz: on the FLAIR file's own grid when the output grid is that grid (up to voxel order)
             path = batch.write_result(result, batch.output_path(args.output_dir, name, args.format), volumes[0])

@@ -259,7 +259,8 @@ def ossnet_registry():
 def test_ossnet_case_folders_of_the_same_name_and_one_file_for_two_inputs(tmp_path, capsys, monkeypatch, ossnet_registry):
     """siteA/case1 and siteB/case1 give two outputs; a folder whose one file holds both sequences
     (its name matching both inputs), or one file given twice, is refused instead of feeding that
-    file to both inputs; a missing device is refused before anything runs."""
+    file to both inputs (a case folder fails alone in its batch); a missing device is refused
+    before anything runs."""
     monkeypatch.setattr(ModelRegistry, "default", classmethod(lambda cls: ossnet_registry))
     for site in ("siteA", "siteB"):
         folder = tmp_path / site / "case1"
@@ -279,8 +280,19 @@ def test_ossnet_case_folders_of_the_same_name_and_one_file_for_two_inputs(tmp_pa
     stacked.mkdir(parents=True)
     flair = nibabel.load(str(BRATS_CASE / FLAIR))
     nibabel.Nifti1Image(np.zeros((8, 8, 8, 2), np.float32), flair.affine).to_filename(str(stacked / "flair_t1c.nii.gz"))
-    assert ossnet_cli.main(["--input", str(stacked), "-o", str(tmp_path / "out2")]) == 2
-    assert "'flair_t1c.nii.gz' is the only file for both FLAIR and T1c" in capsys.readouterr().err
+    # A bad or missing case folder fails alone; the batch goes on (exit status 1).
+    argv = ["--input", str(stacked), str(tmp_path / "nosuch"), str(tmp_path / "siteA" / "case1"),
+            "-o", str(tmp_path / "out3"), "--format", "nii.gz", "--spacing", "4", "--threads", "1"]
+    assert ossnet_cli.main(argv) == 1
+    stdout = capsys.readouterr().out
+    assert "FAILED case2: In case folder" in stdout and "'flair_t1c.nii.gz' is the only file for both FLAIR and T1c" in stdout
+    assert f"FAILED nosuch: No such case folder '{tmp_path / 'nosuch'}'. Check the path." in stdout
+    assert "summary: 1 of 3 segmented, 2 failed" in stdout
+    assert sorted(p.name for p in (tmp_path / "out3").iterdir()) == ["case1.nii.gz"]
+    # A folder of case folders given as one case: told to give the case folders.
+    assert ossnet_cli.main(["--input", str(tmp_path / "siteA"), "-o", str(tmp_path / "out4")]) == 1
+    assert f"It holds folders: to segment each as a case, give them all (--input {tmp_path / 'siteA' / '*'})" \
+        in capsys.readouterr().out
     assert ossnet_cli.main(["--input", str(BRATS_CASE / FLAIR), str(BRATS_CASE / FLAIR), "-o", str(tmp_path / "out2")]) == 2
     assert "given for both FLAIR and T1c" in capsys.readouterr().err
     assert ossnet_cli.main(["--input", str(BRATS_CASE), "-o", str(tmp_path / "out2"), "--device", MISSING_DEVICE]) == 2

@@ -247,6 +247,28 @@ def test_quality_score_flags_an_implausible_input_but_not_a_good_one(scene, logi
     assert "check that the ROI box holds one whole hippocampus" in boxed.warnings[0]
 
 
+def test_after_one_run_an_empty_part_is_still_named(scene, logic) -> None:
+    """One run gives no score, so no likely-failure message; an empty part of what was segmented
+    (every hippocampus has both) is still named, and a wholly empty result said once."""
+    case = load_case(scene, VALIDATION_CASE)
+    scrambled = np.random.default_rng(0).permutation(case.image.ravel()).reshape(case.image.shape)
+    noise = write_scalar_volume(scene, scrambled.astype(np.float32), case.geometry, "scrambled")
+    named = 0
+    for seed in range(4):
+        result = logic.segment(noise, runs=1, seed=seed)
+        empty = [name for name, mm3 in result.volumes.segments_mm3.items() if not mm3]
+        assert not result.likely_failure and result.warnings[0].startswith("One run gives no quality scores")
+        if len(empty) == len(result.volumes.segments_mm3):
+            assert len(result.warnings) == 2 and "is empty" in result.warnings[1]
+        elif empty:
+            assert result.warnings[1:] == [
+                f"Nothing was segmented as {', '.join(empty)}, though every hippocampus has both parts: the result "
+                "is incomplete. Check it; an ROI box around one hippocampus (--roi with mednca-segment), or more "
+                "steps, can help."]
+            named += 1
+    assert named  # the scrambled image leaves a part empty for some seed
+
+
 def test_structure_spread_is_the_benchmarks_signal_and_is_recorded(scene, logic) -> None:
     """The logic's second quality signal is the robustness benchmark's "spread inside the
     predicted structure" (the one its threshold was chosen on), stored on the node, below the

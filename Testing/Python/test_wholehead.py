@@ -222,8 +222,10 @@ def test_cli_manual_roi_and_volumes_csv(tmp_path, capsys):
     assert status == 0 and "crop mode" in printed and "volume" in printed
     (row,) = list(csv.DictReader(table.open()))
     written = np.asarray(nibabel.load(str(tmp_path / "out" / "hippocampus_001.nii.gz")).dataobj)
-    assert row["status"] == "ok" and row["mode"] == "crop" and row["left hippocampus (mm3)"] == ""
-    assert row["likely failure"] == "unknown (1 run)"  # one run gives no quality signals
+    assert row["mode"] == "crop" and row["left hippocampus (mm3)"] == ""
+    # One run gives no quality signals: the row says so and is to be checked, as the printed line.
+    assert row["likely failure"] == "unknown (1 run)" and row["status"] == "check"
+    assert row["warnings"].startswith("One run gives no quality scores") and "CHECK  hippocampus_001:" in printed
     assert float(row["total (mm3)"]) == pytest.approx(np.count_nonzero(written), abs=0.05)  # 1 mm voxels
     assert float(row["anterior hippocampus (mm3)"]) == pytest.approx(np.count_nonzero(written == 1), abs=0.05)
     outside = np.ones(written.shape, bool)

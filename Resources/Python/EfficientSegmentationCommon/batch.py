@@ -210,6 +210,7 @@ def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], name
     to_check = sum(bool(o.warnings) for o in succeeded)
     checks = ("" if not to_check else " (1 with warnings: check it)" if to_check == 1
               else f" ({to_check} with warnings: check them)")
-    print(f"summary: {len(succeeded)} of {len(outcomes)} segmented{checks}, {len(outcomes) - len(succeeded)} failed; "
-          f"{mean_seconds:.1f} s per volume", flush=True)
+    timing = f"; {mean_seconds:.1f} s per volume" if succeeded else ""
+    print(f"summary: {len(succeeded)} of {len(outcomes)} segmented{checks}, {len(outcomes) - len(succeeded)} failed"
+          f"{timing}", flush=True)
     return 0 if len(succeeded) == len(outcomes) else 1

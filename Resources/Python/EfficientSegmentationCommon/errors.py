@@ -17,6 +17,13 @@ class CancelledError(Exception):
     """
 
 
+def check_the_path(path: str) -> str:
+    """What to do about a path that is not there: check it, and where a relative path was looked for."""
+    import os
+
+    return "Check the path" + ("" if os.path.isabs(path) else f", relative to {os.getcwd()}") + "."
+
+
 def describe_node(node) -> str:
     """How error messages name a node: quoted name (or ID), or say that there is none."""
     if node is None:

@@ -253,8 +253,9 @@ def modality_order_problems(features: Sequence[BrainFeatures], input_names: Sequ
         return [], (f"The inputs seem swapped: {given} were given, but their names and their contrast say the "
                     f"reverse. Give them in the order the model card lists: {order}.")
     if names_swapped:
-        return [f"The inputs may be swapped: {given} were given, but their names say the reverse. The model needs "
-                f"them in the order {order}."], None
+        return [f"The inputs may be swapped: {given} were given, but their names say the reverse; their contrast "
+                "agrees with the order given, so the files may only be misnamed. Check the result (and the file "
+                f"names). The model needs them in the order {order}."], None
     if contrast_swapped:
         names_agree = " and their names agree" if names_right else ""
         mislabelled = (" If the files are labelled wrongly, give them the other way round; if not, check the result."

@@ -108,7 +108,7 @@ def summary_text(summary: RunSummary) -> tuple[str, str]:
     if summary.likely_failure or summary.warnings:
         details = list(summary.warnings) or [
             "The quality score signals a likely failure: check the segmentation before using it."]
-        lines.append("WARNING: " + " ".join(details))
+        lines += ["WARNING: " + details[0], *details[1:]]  # one warning per line
         return "\n".join(lines), WARNING_STYLE
     return "\n".join(lines), ""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import slicer
 
-from .errors import InputVolumeError
+from .errors import InputVolumeError, check_the_path
 
 _IMAGE_SUFFIXES = {".gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"}
 
@@ -151,9 +151,10 @@ def load_volume(scene, path: str | os.PathLike, name: str | None = None):
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        what = "a folder, not a file" if os.path.isdir(path) else "no such file"
-        where = "" if os.path.isabs(path) else f", relative to {os.getcwd()}"
-        raise InputVolumeError(f"Cannot load volume file '{path}': {what}. Check the path{where}.")
+        if os.path.isdir(path):
+            raise InputVolumeError(f"Cannot load volume file '{path}': a folder, not a file. Give the volume "
+                                   f"files in it (e.g. {os.path.join(path, '*.nii.gz')}).")
+        raise InputVolumeError(f"Cannot load volume file '{path}': no such file. {check_the_path(path)}")
     report = inspect_file(path)
     if report is not None and report.problem:
         raise InputVolumeError(report.problem)

@@ -43,14 +43,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_arguments(parser, MedNCASettings)
     parser.add_argument("--roi", type=float, nargs=6, metavar=("R", "A", "S", "SIZE_R", "SIZE_A", "SIZE_S"),
                         default=None, help="segment one hippocampus in this box: centre and size in RAS mm")
-    parser.add_argument("--volumes", type=Path, default=None, metavar="CSV",
-                        help="write the volumes (mm3) and the asymmetry index of every input to this CSV file")
+    parser.add_argument("--volumes", type=_csv_path, default=None, metavar="CSV",
+                        help="write the volumes (mm3) and the asymmetry index of every input to this .csv file")
     parser.add_argument("--format", choices=batch.FORMATS, default="seg.nrrd",
                         help="seg.nrrd: a Slicer segmentation; nii.gz: a label map with the model card's label values "
                              "on the input's grid (default: %(default)s)")
     parser.add_argument("--threads", type=batch.thread_count, default=None,
                         help="CPU threads for torch (default: torch's choice)")
     return parser.parse_args(argv)
+
+
+def _csv_path(text: str) -> Path:
+    """``--volumes``: a .csv file, so that a slip (an input's name, a folder) cannot overwrite a
+    scan or fail only after the whole batch has run."""
+    path = Path(text)
+    if path.suffix.lower() != ".csv" or path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a .csv file name")
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             roi = manual_roi(scene, args.roi) if args.roi else None
             result = logic.segment(volume, settings, roi=roi, progressCallback=batch.ProgressBar(volume.GetName()))
             written = batch.write_result(result, batch.output_path(args.output_dir, volume.GetName(), args.format),
-                                         volume)
+                                         volume, inputs)
             scored = all(score is not None for score in result.quality.values())
             flag = "yes" if result.likely_failure else "no" if scored else f"unknown ({settings.runs} run)"
             # As the printed line: "check" when any warning questions the result; they are the last column.
@@ -96,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       f"{written} ({result.seconds:.1f} s, {result.mode} mode; "
                                       f"{result.volumes.summary()}; quality score NQM: {quality})",
                                       result.seconds, result.warnings)
+        except Exception as error:
+            row["warnings"] = str(error)  # a failed row says why, as its printed line
+            raise
         finally:
             scene.Clear(0)  # keep memory flat over long batches
 

@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             volumes = [load_volume(scene, str(path)) for path in files]
             result = logic.segment(volumes, settings, progressCallback=batch.ProgressBar(name))
             # nii.gz: on the FLAIR file's own grid when the output grid is that grid (up to voxel order)
-            path = batch.write_result(result, batch.output_path(args.output_dir, name, args.format), volumes[0])
+            path = batch.write_result(result, batch.output_path(args.output_dir, name, args.format), volumes[0], files)
             shape = result.geometry.shape_ijk
             if path.name.endswith(".nii.gz"):  # the grid as written, which may be the file's voxel order
                 import nibabel

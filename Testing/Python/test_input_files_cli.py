@@ -298,3 +298,42 @@ def test_ossnet_case_folders_of_the_same_name_and_one_file_for_two_inputs(tmp_pa
     assert ossnet_cli.main(["--input", str(BRATS_CASE), "-o", str(tmp_path / "out2"), "--device", MISSING_DEVICE]) == 2
     assert "Available: cpu" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
+
+
+def test_no_output_overwrites_an_input(tmp_path, capsys, monkeypatch, ossnet_registry):
+    """``-o`` the inputs' own folder with ``--format nii.gz`` would write each result over its
+    input: both commands refuse that input (FAILED, the file untouched) and go on; ``--volumes``
+    must name a .csv file, so it cannot overwrite a scan; a failed row in it says why."""
+    import csv
+    import hashlib
+    import shutil
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    image = tmp_path / "good.nii.gz"
+    shutil.copy(hippocampus_paths("hippocampus_001")[0], image)
+    before = digest(image)
+    monkeypatch.chdir(tmp_path)
+    table = tmp_path / "v.csv"
+    status = mednca_cli.main(["good.nii.gz", "-o", ".", "--format", "nii.gz", "--runs", "2", "--threads", "1",
+                              "--volumes", str(table)])
+    printed = capsys.readouterr().out
+    assert status == 1 and digest(image) == before
+    assert "FAILED good: The result would be written over the input file 'good.nii.gz'" in printed
+    (row,) = list(csv.DictReader(table.open()))
+    assert row["status"] == "failed" and row["warnings"].startswith("The result would be written over")
+    for volumes in ("good.nii.gz", str(tmp_path)):
+        with pytest.raises(SystemExit) as refused:
+            mednca_cli.main(["good.nii.gz", "-o", "out", "--volumes", volumes])
+        assert refused.value.code == 2 and "is not a .csv file name" in capsys.readouterr().err
+    assert digest(image) == before and not (tmp_path / "out").exists()
+
+    monkeypatch.setattr(ModelRegistry, "default", classmethod(lambda cls: ossnet_registry))
+    for name in (FLAIR, T1C):
+        shutil.copy(BRATS_CASE / name, tmp_path / name)
+    flair_before = digest(tmp_path / FLAIR)
+    status = ossnet_cli.main(["--input", FLAIR, T1C, "-o", ".", "--format", "nii.gz", "--spacing", "4",
+                              "--threads", "1"])
+    assert status == 1 and digest(tmp_path / FLAIR) == flair_before
+    assert f"The result would be written over the input file '{FLAIR}'" in capsys.readouterr().out

@@ -177,6 +177,9 @@ def test_bad_inputs_give_clear_errors(scene, logic) -> None:
         logic.segment(case.volume, roi=roi)
     with pytest.raises(ValueError, match="runs"):
         logic.segment(case.volume, runs=0)
+    # No refinement stage would leave the downscaled stage's output blown up (most of the crop labelled).
+    with pytest.raises(ValueError, match="refinementSteps must be between 1 and 100, not 0"):
+        logic.segment(case.volume, refinement_steps=0)
 
 
 def test_cli_counts_and_marks_likely_failures(tmp_path, capsys) -> None:

@@ -242,6 +242,7 @@ def test_cli_manual_roi_and_volumes_csv(tmp_path, capsys):
     assert status == 1 and "too small" in printed and "--roi" in printed
     rows = list(csv.DictReader(table.open()))  # one row per input, the unreadable one too
     assert [(r["input"], r["status"]) for r in rows] == [(str(image), "failed"), (str(missing), "failed")]
+    assert "too small" in rows[0]["warnings"] and "no such file" in rows[1]["warnings"]  # each says why
     assert not (tmp_path / "head").exists()
     with pytest.raises(SystemExit):
         cli.parse_args([str(image), "-o", str(tmp_path), "--mode", "both"])

@@ -73,13 +73,23 @@ def output_path(output_dir: Path, name: str, fmt: str) -> Path:
     return Path(output_dir) / f"{name}.{fmt}"
 
 
-def write_result(result, path: Path, reference_volume=None) -> Path:
+def write_result(result, path: Path, reference_volume=None, inputs: Sequence[str | Path] = ()) -> Path:
     """Save a run's result (either method's: it has ``segmentation``, ``labels`` and ``geometry``)
     as a ``.seg.nrrd`` segmentation, or as a ``.nii.gz`` label map with the segments' label
     values: on the grid of the file ``reference_volume`` (the first input) was read from when
     the result's grid is that grid up to axis order and flips (same shape, voxel order and
     affine as the file; see ``input_files.save_labels_nifti``), else on the result's grid (an
-    output grid the user chose)."""
+    output grid the user chose).
+
+    Raises InputVolumeError, writing nothing, when ``path`` is one of the ``inputs`` files (e.g.
+    ``-o .`` and ``--format nii.gz`` beside ``scan.nii.gz``): the input is never overwritten.
+    """
+    from .errors import InputVolumeError
+
+    for given in inputs:
+        if path.exists() and os.path.samefile(path, given):
+            raise InputVolumeError(f"The result would be written over the input file '{given}': choose another "
+                                   "output folder (-o) or format (--format).")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.name.endswith(".seg.nrrd"):
         save_segmentation(result.segmentation, path)

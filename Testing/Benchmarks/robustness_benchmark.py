@@ -23,8 +23,8 @@ successes)) and, for NQM, the sensitivity and specificity at the shipped thresho
 (``qualityWarningThreshold`` in ``Resources/Models.json``) and at the threshold re-chosen here:
 the largest value that still flags at least :data:`TARGET_SENSITIVITY` of the failures; the same for
 the spread inside the predicted structure (``structureSpreadWarningThreshold``), and the
-logic's warning (the spread above its threshold, or an empty part of a segmented structure; NQM
-only for a model without a spread threshold).
+logic's warning (the spread above its threshold, an empty part of a segmented structure, or a
+part outside its plausible volume; NQM only for a model without a spread threshold).
 OSS-Net's candidate signal (the share of uncertain voxels, probability in [0.25, 0.75], among
 those it calls tumour) is printed per result; with one validation case it cannot be validated.
 
@@ -471,18 +471,20 @@ def quality_analysis(rows: list[dict], entry: dict, typical_volumes: np.ndarray 
 
     warns_by = "spread inside the structure" if entry.get("structureSpreadWarningThreshold") is not None \
         else "NQM (largest of the classes)"
+    plausible = {f"class {index + 1}": tuple(segment["plausibleVolumeMm3"])  # 1 mm voxels: mm3 = voxels
+                 for index, segment in enumerate(entry.get("segments", [])) if segment.get("plausibleVolumeMm3")}
     combined = np.array([bool(failure_signals(
         {f"class {index + 1}": score for index, score in enumerate(r["nqm"])},
         {"structure": r["spread_inside"] if r["volume"] else None},
         # rows recorded before part volumes: no part judged
         {f"class {index + 1}": mm3 for index, mm3 in enumerate(r["part_volumes"])} if "part_volumes" in r else None,
-        entry.get("qualityWarningThreshold"), entry.get("structureSpreadWarningThreshold"))) for r in nca])
+        entry.get("qualityWarningThreshold"), entry.get("structureSpreadWarningThreshold"), plausible)) for r in nca])
     if failure.any() and (~failure).any():
         sensitivity, specificity = combined[failure].mean(), (~combined[~failure]).mean()
         report["shipped_rule"] = {"sensitivity": float(sensitivity), "specificity": float(specificity),
                                   "flagged": int(combined.sum())}
         report["shipped_rule"]["signal"] = warns_by
-        lines.append(f"| the logic's warning ({warns_by} above its shipped threshold, or an empty part) | - | "
+        lines.append(f"| the logic's warning ({warns_by} above its shipped threshold, or an empty part or an implausible volume) | - | "
                      f"{sensitivity:.3f} | "
                      f"{specificity:.3f} | {int(combined.sum())} of {len(nca)} | - |")
         missed = sorted(r["dice_foreground"] for r, f, c in zip(nca, failure, combined, strict=True) if f and not c)

@@ -250,26 +250,33 @@ def test_quality_score_flags_an_implausible_input_but_not_a_good_one(scene, logi
     assert "check that the ROI box holds one whole hippocampus" in boxed.warnings[0]
 
 
-def test_after_one_run_an_empty_part_is_still_named(scene, logic) -> None:
-    """One run gives no score, so no likely-failure message; an empty part of what was segmented
-    (every hippocampus has both) is still named, and a wholly empty result said once."""
+def test_after_one_run_an_empty_part_or_an_implausible_volume_is_still_named(scene, logic) -> None:
+    """One run gives no score; an empty part of what was segmented (every hippocampus has both) is
+    still named, a wholly empty result said once, and a part far outside the plausible volumes
+    (a few mm3) makes the result a likely failure, as with a score."""
     case = load_case(scene, VALIDATION_CASE)
     scrambled = np.random.default_rng(0).permutation(case.image.ravel()).reshape(case.image.shape)
     noise = write_scalar_volume(scene, scrambled.astype(np.float32), case.geometry, "scrambled")
-    named = 0
+    named = implausible = 0
     for seed in range(4):
         result = logic.segment(noise, runs=1, seed=seed)
-        empty = [name for name, mm3 in result.volumes.segments_mm3.items() if not mm3]
-        assert not result.likely_failure and result.warnings[0].startswith("One run gives no quality scores")
-        if len(empty) == len(result.volumes.segments_mm3):
-            assert len(result.warnings) == 2 and "is empty" in result.warnings[1]
+        volumes = result.volumes.segments_mm3
+        empty = [name for name, mm3 in volumes.items() if not mm3]
+        tiny = [name for name, mm3 in volumes.items() if 0 < mm3 < 496]  # below every plausible range
+        assert result.likely_failure == bool(tiny)
+        if tiny:
+            assert result.warnings[0].startswith("The segmentation is likely wrong: implausible volume (")
+            assert all(name in result.warnings[0] for name in tiny)
+            implausible += 1
+        assert sum(w.startswith("One run gives no quality scores") for w in result.warnings) == 1
+        if len(empty) == len(volumes):
+            assert sum("is empty" in w for w in result.warnings) == 1
         elif empty:
-            assert result.warnings[1:] == [
-                f"Nothing was segmented as {', '.join(empty)}, though every hippocampus has both parts: the result "
-                "is incomplete. Check it; an ROI box around one hippocampus (--roi with mednca-segment), or more "
-                "steps, can help."]
+            assert (f"Nothing was segmented as {', '.join(empty)}, though every hippocampus has both parts: the "
+                    "result is incomplete. Check it; an ROI box around one hippocampus (--roi with mednca-segment), "
+                    "or more steps, can help.") in result.warnings
             named += 1
-    assert named  # the scrambled image leaves a part empty for some seed
+    assert named and implausible  # the scrambled image leaves a part empty, and one tiny, for some seed
 
 
 def test_structure_spread_is_the_benchmarks_signal_and_is_recorded(scene, logic) -> None:

@@ -451,6 +451,21 @@ def test_spread_inside_the_structure_flags_a_result_that_nqm_passes():
                                        "right anterior hippocampus": 1500.0, "right posterior hippocampus": 0.0},
                                       0.0, 1500.0)
     assert side.failure_signals == ["nothing segmented (left, right posterior hippocampus)"]
+    # A part outside the registry's plausible volumes is flagged, with a score or without (one run).
+    from EfficientSegmentationCommon.registry import ModelRegistry
+
+    entry = ModelRegistry.default().get("mednca2d-hippocampus")
+    ranges = {spec.name: spec.plausible_mm3 for spec in entry.segments}
+    assert ranges == {"anterior hippocampus": (527.0, 5186.0), "posterior hippocampus": (496.0, 4338.0)}
+    for scores, spread in ((quality, {"structure": 0.031}), (dict.fromkeys(quality), {"structure": None})):
+        huge = result(scores, 0.1561, structure_spread=spread, spread_threshold=0.0548)
+        huge.volumes, huge.plausible_volumes_mm3 = HippocampusVolumes({"anterior hippocampus": 31000.0,
+                                                                       "posterior hippocampus": 1.0}), ranges
+        assert huge.likely_failure and huge.failure_signals == [
+            "implausible volume (anterior hippocampus 31000 mm3, plausible 527 to 5186; "
+            "posterior hippocampus 1 mm3, plausible 496 to 4338)"]
+    heads = {spec.name: spec.plausible_mm3 for spec in entry.bilateral_segments}
+    assert heads["right posterior hippocampus"] == (496.0, 4338.0)
     both = result({"anterior hippocampus": 0.3, "posterior hippocampus": 0.06}, 0.1561,
                   structure_spread={"structure": 0.09}, spread_threshold=0.0548)
     assert both.failure_signals == ["spread inside the structure above 0.0548"]

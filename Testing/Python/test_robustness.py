@@ -186,21 +186,25 @@ def test_training_draws_artefact_copies_at_the_given_share(case, share):
 
 def test_quality_analysis_reports_the_logics_rule():
     """The shipped warning is scored as the logic applies it: the spread above its registry
-    threshold or an empty part of a segmented structure (a failure only NQM catches is missed,
-    and listed); NQM only for an entry without a spread threshold."""
+    threshold, an empty part of a segmented structure or a part outside its plausible volume (a
+    failure only NQM catches is missed, and listed); NQM only for an entry without a spread
+    threshold."""
     rows = [{"model": "Med-NCA", "case": f"c{i}", "artefact": "clean", "level": "", "dice_foreground": dice_value,
              "nqm": [nqm, nqm], "spread_inside": spread, "volume": 3000, "part_volumes": parts}
             for i, (dice_value, nqm, spread, parts) in enumerate([
                 (0.9, 0.05, 0.03, [1500, 1500]), (0.9, 0.06, 0.04, [1500, 1500]), (0.7, 0.3, 0.03, [1500, 1500]),
-                (0.75, 0.05, 0.08, [1500, 1500]), (0.79, 0.05, 0.04, [1500, 1500]), (0.6, 0.05, 0.03, [0, 3000])])]
-    entry = {"qualityWarningThreshold": 0.1561, "structureSpreadWarningThreshold": 0.0548}
+                (0.75, 0.05, 0.08, [1500, 1500]), (0.79, 0.05, 0.04, [1500, 1500]), (0.6, 0.05, 0.03, [0, 3000]),
+                (0.5, 0.05, 0.03, [1500, 9000])])]
+    segments = [{"name": "anterior", "plausibleVolumeMm3": [527, 5186]}, {"name": "posterior", "plausibleVolumeMm3": [496, 4338]}]
+    entry = {"qualityWarningThreshold": 0.1561, "structureSpreadWarningThreshold": 0.0548, "segments": segments}
     lines, report = rb.quality_analysis(rows, entry, None)
-    # The spread flags 0.75; the empty part flags 0.6; NQM's 0.7 and the borderline 0.79 are missed.
-    assert report["shipped_rule"] == {"sensitivity": pytest.approx(2 / 4), "specificity": 1.0, "flagged": 2,
+    # The spread flags 0.75; the empty part 0.6; the implausible posterior 0.5; NQM's 0.7 and the
+    # borderline 0.79 are missed.
+    assert report["shipped_rule"] == {"sensitivity": pytest.approx(3 / 5), "specificity": 1.0, "flagged": 3,
                                       "signal": "spread inside the structure"}
     assert "Failures the logic's warning misses: 2, foreground Dice 0.700 to 0.790." in lines
-    _, nqm_only = rb.quality_analysis(rows, {"qualityWarningThreshold": 0.1561}, None)
-    assert nqm_only["shipped_rule"] == {"sensitivity": pytest.approx(2 / 4), "specificity": 1.0, "flagged": 2,
+    _, nqm_only = rb.quality_analysis(rows, {"qualityWarningThreshold": 0.1561}, None)  # no ranges either
+    assert nqm_only["shipped_rule"] == {"sensitivity": pytest.approx(2 / 5), "specificity": 1.0, "flagged": 2,
                                         "signal": "NQM (largest of the classes)"}
 
 

@@ -76,7 +76,9 @@ TRAINING_ORIENTATION = {"mednca": "RAS", "ossnet": "LPS"}
 
 
 def _segments(values: Sequence[dict]) -> tuple[SegmentSpec, ...]:
-    return tuple(SegmentSpec(s["name"], tuple(s["color"]), int(s["label"]), s.get("terminology")) for s in values)
+    return tuple(SegmentSpec(s["name"], tuple(s["color"]), int(s["label"]), s.get("terminology"),
+                             tuple(float(v) for v in s["plausibleVolumeMm3"]) if s.get("plausibleVolumeMm3") else None)
+                 for s in values)
 
 
 def _resolve(file: str, module: str | None, base: Path) -> Path:

@@ -24,12 +24,14 @@ from .volume_arrays import update_volume_from_array, voxel_view
 @dataclass
 class SegmentSpec:
     """One output segment: its name, RGB colour (0-1), value in label maps, and optionally a
-    terminology entry string (Slicer's ``vtkSegment`` terminology tag format)."""
+    terminology entry string (Slicer's ``vtkSegment`` terminology tag format) and the range of
+    volumes (mm^3) a plausible result has (the registry's ``plausibleVolumeMm3``)."""
 
     name: str
     color: tuple[float, float, float]
     label_value: int
     terminology: str | None = None
+    plausible_mm3: tuple[float, float] | None = None
 
 
 def write_labels_to_segmentation(

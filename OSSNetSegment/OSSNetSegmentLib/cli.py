@@ -9,7 +9,7 @@ A case folder holds one file per input the model card lists, recognised by name 
 MRML scene and writes ``OUTDIR/<case>.seg.nrrd`` or, with ``--format nii.gz``, a label map on
 the output grid (label 1 whole tumour). ``--resolution 2`` segments on a grid twice as fine as
 the input's (0.5: half as fine); ``--spacing`` gives the output spacing in mm instead.
-``--chunk`` bounds the points decoded at once, and so the memory.
+``--chunk-size`` bounds the points decoded at once, and so the memory.
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ def cases(inputs: Sequence[str], model_inputs: Sequence[str]) -> tuple[dict[str,
         unique, names, notes = batch.unique_names([str(p) for p in paths], lambda p: Path(p).name)
         return {names[folder]: Path(folder) for folder in unique}, notes
     if any(folders):
-        raise InputVolumeError("Give either the input files of one case or case folders, not both.")
+        files = ", ".join(str(p) for p, folder in zip(paths, folders, strict=True) if not folder)
+        raise InputVolumeError(f"Give either the input files of one case or case folders, not both (files given "
+                               f"among folders: {files}).")
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise InputVolumeError(f"No such file: {', '.join(missing)}. {check_the_path(missing[0])}")

@@ -293,6 +293,9 @@ def test_ossnet_case_folders_of_the_same_name_and_one_file_for_two_inputs(tmp_pa
     assert ossnet_cli.main(["--input", str(tmp_path / "siteA"), "-o", str(tmp_path / "out4")]) == 1
     assert f"It holds folders: to segment each as a case, give them all (--input {tmp_path / 'siteA' / '*'})" \
         in capsys.readouterr().out
+    # A file among case folders (e.g. a stray file matched by FOLDER/*) is named.
+    assert ossnet_cli.main(["--input", str(tmp_path / "siteA" / "case1"), str(BRATS_CASE / FLAIR), "-o", str(tmp_path / "out4")]) == 2
+    assert f"not both (files given among folders: {BRATS_CASE / FLAIR})" in capsys.readouterr().err
     assert ossnet_cli.main(["--input", str(BRATS_CASE / FLAIR), str(BRATS_CASE / FLAIR), "-o", str(tmp_path / "out2")]) == 2
     assert "given for both FLAIR and T1c" in capsys.readouterr().err
     assert ossnet_cli.main(["--input", str(BRATS_CASE), "-o", str(tmp_path / "out2"), "--device", MISSING_DEVICE]) == 2

@@ -162,8 +162,10 @@ def test_bad_inputs_give_clear_errors(scene, logic) -> None:
     case = load_case(scene, VALIDATION_CASE)
     with pytest.raises(InputVolumeError, match="No input volume"):
         logic.segment(None)
-    with pytest.raises(ModelError, match="Unknown model 'nope'"):
-        logic.segment(case.volume, model="nope")
+    with pytest.raises(ModelError, match=r"Unknown model 'nope'\. Med-NCA models: mednca2d-hippocampus\.$"):
+        logic.segment(case.volume, model="nope")  # this method's models only
+    with pytest.raises(ModelError, match="'ossnet-brats-wholetumour' is not a Med-NCA model; Med-NCA models: mednca2d"):
+        logic.segment(case.volume, model="ossnet-brats-wholetumour")
     with pytest.raises(ModelError, match="does not exist"):
         logic.segment(case.volume, model="/nowhere/model.pt")
     flat = write_scalar_volume(scene, case.image[:1], VolumeGeometry(case.geometry.ijk_to_ras, (1, *case.image.shape[1:])),

@@ -260,8 +260,9 @@ def test_same_file_names_in_different_folders_get_distinct_names(tmp_path):
     _, names, _ = unique_names(folders, lambda p: p.rstrip("/").rsplit("/", 1)[-1])
     assert [names[f] for f in folders] == ["siteA_case1", "siteB_case1"]
     same_folder = [str(tmp_path / "case.nii.gz"), str(tmp_path / "case.nrrd")]
-    _, names, _ = unique_names(same_folder, name_from_path)
+    _, names, notes = unique_names(same_folder, name_from_path)
     assert [names[p] for p in same_folder] == ["case", "case_2"]
+    assert notes == [f"'{same_folder[1]}' is written as 'case_2': another input has its name."]  # one note
 
 
 def test_4d_files_of_other_formats_are_refused_from_their_header(scene, case, tmp_path):

@@ -136,6 +136,8 @@ def unique_names(items: Sequence[str], name_of: Callable[[str], str]) -> tuple[l
         if len(group) < 2:
             continue
         folders = [Path(os.path.abspath(item)).parent.parts for item in group]
+        if len(set(folders)) == 1:  # one folder (case.nii.gz, case.nrrd): numbered below, with their own note
+            continue
         common_start = len(os.path.commonprefix(folders))
         common_end = len(os.path.commonprefix([tuple(reversed(parts[common_start:])) for parts in folders]))
         for item, parts in zip(group, folders, strict=True):

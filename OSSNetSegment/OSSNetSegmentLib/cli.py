@@ -81,15 +81,22 @@ def cases(inputs: Sequence[str], model_inputs: Sequence[str]) -> tuple[dict[str,
 
     A folder's files are found when it is segmented (:func:`case_files`), so that a missing or
     incomplete folder fails alone, reported in the batch, as a bad file does in mednca-segment.
-    A path without a volume file's suffix that does not exist counts as a missing case folder.
+    A path without a volume file's suffix that does not exist counts as a missing case folder;
+    among case folders, a file that is not a volume (``cases/*`` matching a notes.csv) is skipped
+    with a note.
     Case folders of the same name (``siteA/case1``, ``siteB/case1``) are named after the folder
     names that differ (``siteA_case1``); a folder given twice is segmented once (see the notes).
     Raises InputVolumeError for files and folders mixed, a missing file, or the wrong number of files.
     """
     paths = [Path(p) for p in inputs]
+    skipped = []
+    if any(p.is_dir() for p in paths):  # case folders, e.g. cases/*: other files there are not cases
+        skipped = [p for p in paths if p.is_file() and not p.name.lower().endswith(VOLUME_SUFFIXES)]
+        paths = [p for p in paths if p not in skipped]
     folders = [p.is_dir() or (not p.exists() and not p.name.lower().endswith(VOLUME_SUFFIXES)) for p in paths]
     if all(folders):
         unique, names, notes = batch.unique_names([str(p) for p in paths], lambda p: Path(p).name)
+        notes += [f"'{p}' is not a case folder nor a volume file; it is skipped." for p in skipped]
         return {names[folder]: Path(folder) for folder in unique}, notes
     if any(folders):
         files = ", ".join(str(p) for p, folder in zip(paths, folders, strict=True) if not folder)

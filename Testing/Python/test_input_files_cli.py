@@ -293,7 +293,15 @@ def test_ossnet_case_folders_of_the_same_name_and_one_file_for_two_inputs(tmp_pa
     assert ossnet_cli.main(["--input", str(tmp_path / "siteA"), "-o", str(tmp_path / "out4")]) == 1
     assert f"It holds folders: to segment each as a case, give them all (--input {tmp_path / 'siteA' / '*'})" \
         in capsys.readouterr().out
-    # A file among case folders (e.g. a stray file matched by FOLDER/*) is named.
+    # A file that is not a volume among case folders (FOLDER/* matching a notes file) is skipped, with a note.
+    (tmp_path / "siteA" / "notes.csv").write_text("case,comment\n")
+    argv = ["--input", str(tmp_path / "siteA" / "case1"), str(tmp_path / "siteA" / "notes.csv"),
+            "-o", str(tmp_path / "out5"), "--format", "nii.gz", "--spacing", "4", "--threads", "1"]
+    assert ossnet_cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"note: '{tmp_path / 'siteA' / 'notes.csv'}' is not a case folder nor a volume file; it is skipped." in printed
+    assert "summary: 1 of 1 segmented" in printed
+    # A volume file among case folders is named in the refusal.
     assert ossnet_cli.main(["--input", str(tmp_path / "siteA" / "case1"), str(BRATS_CASE / FLAIR), "-o", str(tmp_path / "out4")]) == 2
     assert f"not both (files given among folders: {BRATS_CASE / FLAIR})" in capsys.readouterr().err
     assert ossnet_cli.main(["--input", str(BRATS_CASE / FLAIR), str(BRATS_CASE / FLAIR), "-o", str(tmp_path / "out2")]) == 2

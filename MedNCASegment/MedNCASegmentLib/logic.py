@@ -199,8 +199,7 @@ def failure_signals(quality: Mapping[str, float | None], structure_spread: Mappi
     # named too: every hippocampus has both, so the result is incomplete.
     where = [name for name in empty if name != "structure"]
     if scored and segments_mm3 is not None and "structure" not in empty:
-        where += [name for name, mm3 in segments_mm3.items()
-                  if not mm3 and not any(name.startswith(f"{side} ") for side in empty)]
+        where += _empty_parts(segments_mm3, empty)
     if empty or where:
         signals.append("nothing segmented" + (f" ({', '.join(where)})" if where else ""))
     for scores, threshold, what in ((quality, nqm_warning_threshold(quality_threshold, spread_threshold), "NQM"),
@@ -211,13 +210,21 @@ def failure_signals(quality: Mapping[str, float | None], structure_spread: Mappi
         where = [name for name in high if name != "structure"]  # crop mode's one structure needs no name
         if high:
             signals.append(f"{what} above {threshold:g}" + (f" ({', '.join(where)})" if where else ""))
-    implausible = [f"{name} {mm3:.0f} mm3, plausible {low:g} to {high:g}"
-                   for name, mm3 in (segments_mm3 or {}).items()
-                   if mm3 and name in (plausible_mm3 or {})
-                   for low, high in [plausible_mm3[name]] if not low <= mm3 <= high]
+    implausible = []
+    for name, mm3 in (segments_mm3 or {}).items():
+        low, high = (plausible_mm3 or {}).get(name, (0.0, float("inf")))
+        if mm3 and not low <= mm3 <= high:  # an empty part is "nothing segmented" above
+            implausible.append(f"{name} {mm3:.0f} mm3, plausible {low:g} to {high:g}")
     if implausible:
         signals.append(f"implausible volume ({'; '.join(implausible)})")
     return signals
+
+
+def _empty_parts(segments_mm3: Mapping[str, float], empty_sides: Sequence[str]) -> list[str]:
+    """The segments with nothing segmented, but for those of an empty side ("left"/"right" of a
+    whole head), which is named as a whole."""
+    return [name for name, mm3 in segments_mm3.items()
+            if not mm3 and not any(name.startswith(f"{side} ") for side in empty_sides)]
 
 
 class MedNCASegmentLogic(RegistryLogic):
@@ -286,7 +293,7 @@ class MedNCASegmentLogic(RegistryLogic):
         warnings = check_source_files([inputVolume])  # the file it was read from: damage, transforms
         entry = self.model_entry(settings.model)
         warnings += check_inputs([image], [full_geometry], [inputVolume.GetName()], entry.inputs,
-                              entry.input_requirements)  # its content: a label map, the card's requirements
+                                 entry.input_requirements)  # its content: a label map, the card's requirements
         if roi is not None:
             crop, geometry = crop_to_roi(full_geometry, roi)
             _check_memory(geometry, entry, inputVolume)
@@ -296,10 +303,10 @@ class MedNCASegmentLogic(RegistryLogic):
         if mode == "crop":
             if choose_mode(full_geometry, "auto") == "head":  # crop forced on a head-sized field of view
                 extent = " x ".join(f"{e:.0f}" for e in np.subtract(*full_geometry.bounds_ras()[::-1]))
-                warnings.append(f"Crop mode on {describe_node(inputVolume)}, whose field of view is {extent} mm: the "
-                             f"model segments one hippocampus in a crop under {CROP_MODE_MAX_EXTENT_MM:.0f} mm, so "
-                             "on a larger volume the result may be wrong. Use mode auto or head for a whole head, "
-                             "or an ROI box around one hippocampus.")
+                warnings.append(f"Crop mode on {describe_node(inputVolume)}, whose field of view is {extent} mm: "
+                                f"the model segments one hippocampus in a crop under {CROP_MODE_MAX_EXTENT_MM:.0f} "
+                                "mm, so on a larger volume the result may be wrong. Use mode auto or head for a "
+                                "whole head, or an ROI box around one hippocampus.")
             _check_memory(full_geometry, entry, inputVolume)
             return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image), full_geometry, full_geometry,
                              None, outputSegmentation, warnings)
@@ -500,8 +507,7 @@ def _empty_part_warnings(segments_mm3: Mapping[str, float], job: MedNCAJob) -> l
                    and not any(mm3 for name, mm3 in segments_mm3.items() if name.startswith(f"{side} "))]
     for side in empty_sides:
         warnings.append(f"Nothing was segmented in the {side} hippocampus box: {_failure_advice(job)}")
-    parts = [name for name, mm3 in segments_mm3.items()
-             if not mm3 and not any(name.startswith(f"{side} ") for side in empty_sides)]
+    parts = _empty_parts(segments_mm3, empty_sides)
     if parts:
         warnings.append(f"Nothing was segmented as {', '.join(parts)}, though every hippocampus has both parts: "
                         f"the result is incomplete. Check it; {_failure_advice(job)}")

@@ -1,5 +1,7 @@
 """Exceptions that the modules show to the user as they are."""
 
+import os
+
 
 class InputVolumeError(ValueError):
     """The input cannot be segmented; the message names the node or file and the problem.
@@ -19,8 +21,6 @@ class CancelledError(Exception):
 
 def check_the_path(path: str) -> str:
     """What to do about a path that is not there: check it, and where a relative path was looked for."""
-    import os
-
     return "Check the path" + ("" if os.path.isabs(path) else f", relative to {os.getcwd()}") + "."
 
 

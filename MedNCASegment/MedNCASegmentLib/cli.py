@@ -35,7 +35,7 @@ from .wholehead import HippocampusVolumes
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mednca-segment", description=__doc__,
+    parser = argparse.ArgumentParser(prog="mednca-segment", description=__doc__, epilog=batch.REPORT_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="volumes to segment (.nii.gz, .nii, .nrrd, ...)")
     parser.add_argument("-o", "--output-dir", type=Path, required=True,

@@ -488,7 +488,7 @@ class MedNCASegmentLogic(RegistryLogic):
                 result.warnings.append("One run gives no quality scores (NQM and the spread inside the structure need "
                                        "at least 2 runs), so the runs' spread cannot flag a failed segmentation; use "
                                        "2 or more runs for them.")
-                empty = empty_result_warning(labels, [spec.name for spec in segments], volume.GetName())
+                empty = empty_result_warning(labels, [spec.name for spec in segments], [volume.GetName()])
                 if empty:
                     result.warnings.append(empty)
                 else:

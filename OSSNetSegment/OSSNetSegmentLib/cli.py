@@ -32,7 +32,7 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ossnet-segment", description=__doc__,
+    parser = argparse.ArgumentParser(prog="ossnet-segment", description=__doc__, epilog=batch.REPORT_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", "-i", nargs="+", required=True,
                         help="the input files of one case in the model card's order, or one or more case folders")

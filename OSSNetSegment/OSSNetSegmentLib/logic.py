@@ -247,7 +247,7 @@ class OSSNetSegmentLogic(RegistryLogic):
                 node.SetAttribute(ATTRIBUTE_PREFIX + key, value)
             warnings = list(job.warnings)
             empty = empty_result_warning(computed.labels, [spec.name for spec in job.entry.segments],
-                                         reference.GetName())
+                                         [volume.GetName() for volume in job.input_volumes])
             if empty:
                 warnings.append(empty)
             cancel.raise_if_set()

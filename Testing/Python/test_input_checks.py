@@ -143,10 +143,12 @@ def test_one_image_given_for_two_inputs_is_refused():
 
 def test_an_empty_result_is_reported():
     labels = np.zeros((4, 5, 6), np.uint8)
-    assert empty_result_warning(labels, ["whole tumour"], "case").startswith(
+    assert empty_result_warning(labels, ["whole tumour"], ["case"]).startswith(
         "The segmentation of 'case' is empty: no whole tumour was found.")
+    assert empty_result_warning(labels, ["whole tumour"], ["flair", "t1c"]).startswith(
+        "The segmentation of 'flair' and 't1c' is empty")
     labels[1, 2, 3] = 1
-    assert empty_result_warning(labels, ["whole tumour"], "case") is None
+    assert empty_result_warning(labels, ["whole tumour"], ["case"]) is None
 
 
 def test_a_parcellation_with_many_labels_is_refused():

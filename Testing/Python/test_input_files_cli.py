@@ -177,6 +177,17 @@ def test_missing_device_is_refused_up_front_saying_what_is_available(mednca_batc
             logic.segment(volume, runs=1, device=device)
 
 
+@pytest.mark.parametrize("cli", [mednca_cli, ossnet_cli])
+def test_help_says_what_ok_check_and_failed_mean(cli, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--help"])
+    assert stop.value.code == 0
+    printed = capsys.readouterr().out
+    for line in ("ok      segmented, and nothing questions the result", "CHECK   segmented, with warnings",
+                 "FAILED  not segmented"):
+        assert line in printed
+
+
 def test_logic_reports_the_file_warning_in_the_result(mednca_batch):
     files, _, _ = mednca_batch
     logic = MedNCASegmentLogic(create_scene())

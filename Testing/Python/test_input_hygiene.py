@@ -100,7 +100,8 @@ def test_an_empty_result_is_said_so(scene):
     healthy[2] = truth.shape[2] - 1 - healthy[2]  # the tumour's mirror image across the midline (I axis)
     result = OSSNetSegmentLogic(scene).segment(volumes, roi=small_roi(scene, volumes[0], healthy))
     assert not result.labels.any()
-    assert any(w.startswith("The segmentation of 'Flair_subtrMeanDivStd' is empty: no whole tumour was found.")
+    assert any(w.startswith("The segmentation of 'Flair_subtrMeanDivStd' and 'T1c_subtrMeanDivStd' is empty: "
+                              "no whole tumour was found.")
                for w in result.warnings)
 
 

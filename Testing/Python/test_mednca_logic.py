@@ -162,7 +162,8 @@ def test_bad_inputs_give_clear_errors(scene, logic) -> None:
     case = load_case(scene, VALIDATION_CASE)
     with pytest.raises(InputVolumeError, match="No input volume"):
         logic.segment(None)
-    with pytest.raises(ModelError, match=r"Unknown model 'nope'\. Med-NCA models: mednca2d-hippocampus\.$"):
+    with pytest.raises(ModelError, match=r"Unknown model 'nope'\. Med-NCA models: mednca2d-hippocampus\. "
+                                         r"Give one of these, or a model file \(\.pt\)\.$"):
         logic.segment(case.volume, model="nope")  # this method's models only
     with pytest.raises(ModelError, match="'ossnet-brats-wholetumour' is not a Med-NCA model; Med-NCA models: mednca2d"):
         logic.segment(case.volume, model="ossnet-brats-wholetumour")

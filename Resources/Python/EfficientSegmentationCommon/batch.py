@@ -192,6 +192,16 @@ class BatchOutcome:
     notes: Sequence[str] = ()  # facts about the run (e.g. an input resampled), printed under its line
 
 
+REPORT_HELP = """\
+what it prints, one line per input:
+  ok      segmented, and nothing questions the result
+  CHECK   segmented, with warnings (printed under the line): look at the result before using it
+  FAILED  not segmented; the line says why, and nothing was written for this input
+then a summary with the counts. Exit status 0 when every input was segmented, 1 when any failed,
+2 for a wrong argument.
+"""
+
+
 def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], names: dict[str, str] | None = None) -> int:
     """Process every item, report each, print a summary; exit status 1 if any failed.
 

@@ -277,12 +277,14 @@ def check_distinct_inputs(images: Sequence[np.ndarray], input_names: Sequence[st
                     f"'{volume_names[b]}' hold the same image; select a different scan for each input.")
 
 
-def empty_result_warning(labels: np.ndarray, segment_names: Sequence[str], volume_name: str) -> str | None:
+def empty_result_warning(labels: np.ndarray, segment_names: Sequence[str], volume_names: Sequence[str]) -> str | None:
     """A warning when ``labels`` (any shape) mark no voxel at all, else None: an empty result is
-    either right (nothing to find) or a sign of a wrong input, and the user must be told."""
+    either right (nothing to find) or a sign of a wrong input, and the user must be told.
+    ``volume_names`` are the input volumes the segmentation was made from."""
     if np.any(labels):
         return None
-    return (f"The segmentation of '{volume_name}' is empty: no {' or '.join(segment_names)} was found. If the scan "
+    quoted = " and ".join(f"'{name}'" for name in volume_names)
+    return (f"The segmentation of {quoted} is empty: no {' or '.join(segment_names)} was found. If the scan "
             "shows one, check the input against the model card (the right sequence in the right order, "
             "its requirements, not a label map).")
 

@@ -62,11 +62,12 @@ class RegistryLogic:
             return self.registry.entry_for_file(Path(model), method=self.METHOD)
         if model not in {entry.id for entry in self.registry.entries}:  # name this method's models only
             known = ", ".join(entry.id for entry in self.models()) or "none"
-            raise ModelError(f"Unknown model '{model}'. {self.METHOD_TITLE} models: {known}.")
+            raise ModelError(f"Unknown model '{model}'. {self.METHOD_TITLE} models: {known}. "
+                             "Give one of these, or a model file (.pt).")
         entry = self.registry.get(model)
         if entry.method != self.METHOD:
             raise ModelError(f"Model '{model}' is not a {self.METHOD_TITLE} model; {self.METHOD_TITLE} models: "
-                             f"{', '.join(e.id for e in self.models()) or 'none'}.")
+                             f"{', '.join(e.id for e in self.models()) or 'none'}. Give one of these, or a model file (.pt).")
         return entry
 
     def load(self, entry: ModelEntry, device: str = "cpu") -> object:

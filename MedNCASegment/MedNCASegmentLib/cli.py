@@ -18,8 +18,9 @@ the left/right asymmetry index (L-R)/((L+R)/2) x 100 %.
 from __future__ import annotations
 
 import argparse
-import math
 import csv
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,7 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # an invalid setting or a model problem (ModelError)
         print(f"mednca-segment: {error}", file=sys.stderr)
         return 2
-    inputs, names, notes = batch.unique_names(args.inputs, name_from_path)
+    if args.volumes and any(os.path.realpath(args.volumes) == os.path.realpath(path) for path in args.inputs):
+        print(f"mednca-segment: --volumes {args.volumes} is also an input; name another file for the table "
+              "(it would be written over, or read as a scan)", file=sys.stderr)
+        return 2
+    inputs, skipped = batch.skip_segmentations(args.inputs)
+    inputs, names, notes = batch.unique_names(inputs, name_from_path)
+    notes = skipped + notes
     runs = f"{settings.runs} run" + ("s" if settings.runs != 1 else "")
     print(f"model: {entry.id} ({entry.title}); {runs}; output: {args.output_dir}", flush=True)
     for note in notes:

@@ -48,7 +48,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _is_volume_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+    """A scan file: a volume's suffix, and not a segmentation (an earlier result written there)."""
+    name = path.name.lower()
+    return path.is_file() and name.endswith(VOLUME_SUFFIXES) and not name.endswith(batch.SEGMENTATION_SUFFIX)
 
 
 def case_files(folder: Path, inputs: Sequence[str]) -> list[Path]:
@@ -131,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolution = f"{settings.resolution:g}x the input's"
     print(f"model: {entry.id} ({entry.title}); inputs {', '.join(entry.inputs)}; resolution {resolution}; "
           f"chunk {settings.chunk_size}; output: {args.output_dir}", flush=True)
+    print("note: OSS-Net gives no quality score: 'ok' means the inputs passed their checks and the result is not "
+          "empty, not that the result is right; look at each one.", flush=True)
     for note in notes:
         print(f"note: {note}", flush=True)
 

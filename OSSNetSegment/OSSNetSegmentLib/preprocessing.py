@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from EfficientSegmentationCommon.input_checks import foreground_mask
+
 # Normalised intensity of background (outside the head, outside the volume box).
 BACKGROUND = -5.0
 # Normalised intensities are clipped to this range (contrast-enhancing tumour reaches about +9).
 CLIP = (BACKGROUND, 10.0)
-# The background value of a skull-stripped scan: this percentile of its intensities (%).
-BACKGROUND_PERCENTILE = 0.1
 # Brain intensities are winsorised at these percentiles (%) before their mean and SD are taken.
 STATISTICS_PERCENTILES = (0.1, 99.9)
 
@@ -35,17 +35,16 @@ def normalize_channel(image: np.ndarray, mask: np.ndarray | None = None) -> np.n
     """Z-score one image inside ``mask``, clip, and set the rest to ``BACKGROUND``. Returns
     float32 of the same shape.
 
-    The default mask is the head of a skull-stripped scan whose background is constant: every
-    voxel brighter than the background value, the image's ``BACKGROUND_PERCENTILE`` (the
-    minimum itself whenever the background fills more than that share, as in BraTS; unlike the
-    plain minimum it is not moved by a few stray voxels darker than the background). The mean
+    The default mask is the brain of a skull-stripped scan: every voxel that is not its constant
+    background value (``input_checks.foreground_mask``: the minimum in BraTS, 0 in a brain
+    z-scored with its background left at 0). The mean
     and SD are those of the brain's intensities winsorised at ``STATISTICS_PERCENTILES``, so a
     few extreme voxels cannot shift or stretch the scale (issue 16.3: one FLAIR voxel of 1e4,
     where the brain's SD is about 1.4, used to empty the result).
     """
     image = np.asarray(image, dtype=np.float32)
     if mask is None:
-        mask = image > _lower_quantile(image, BACKGROUND_PERCENTILE / 100)
+        mask = foreground_mask(image)
     mask = np.asarray(mask, dtype=bool)
     if mask.sum() < 100:  # (nearly) constant image: nothing to call background
         mask = np.ones(image.shape, dtype=bool)
@@ -57,12 +56,6 @@ def normalize_channel(image: np.ndarray, mask: np.ndarray | None = None) -> np.n
     np.clip(out, CLIP[0], CLIP[1], out=out)
     out[~mask] = BACKGROUND
     return out
-
-
-def _lower_quantile(image: np.ndarray, fraction: float) -> float:
-    """The value of the voxel at ``fraction`` of the sorted intensities (no interpolation)."""
-    flat = image.reshape(-1)
-    return float(np.partition(flat, int(fraction * (flat.size - 1)))[int(fraction * (flat.size - 1))])
 
 
 def normalize_images(images: Sequence[np.ndarray]) -> np.ndarray:

@@ -19,6 +19,7 @@ from EfficientSegmentationCommon.input_checks import (
     check_distinct_inputs,
     check_image_content,
     empty_result_warning,
+    foreground_mask,
     modality_order_problems,
 )
 from OSSNetSegmentLib.data import INPUT_FILES, read_nifti_kji
@@ -85,6 +86,25 @@ def test_the_real_cases_meet_the_brain_requirements(features):
     for case, pair in features.items():
         for name, measured in zip(INPUTS, pair, strict=True):
             assert brain_requirement_warnings(measured, f"{case} {name}", REQUIREMENTS) == []
+
+
+def test_a_brain_z_scored_with_a_zero_background_is_read_as_skull_stripped():
+    """A common export: the brain z-scored, its background left at 0, so half the brain lies
+    below the background value. The background is the most frequent value, not the lowest: the
+    brain is found as in the BraTS file, no requirement is failed and OSS-Net's normalisation
+    gives the same channel (a fresh-user trial: a false "not skull-stripped" warning and the
+    tumour's Dice 0.865 -> 0.661 when the lowest value was taken)."""
+    from OSSNetSegmentLib.preprocessing import normalize_channel
+
+    flair = brats("brats_2013_pat0006_1", INPUT_FILES["FLAIR"])
+    brain = foreground_mask(flair)
+    assert brain.mean() == pytest.approx(flair[flair > flair.min()].size / flair.size)
+    zscored = np.zeros_like(flair)
+    zscored[brain] = (flair[brain] - flair[brain].mean()) / flair[brain].std()
+    assert (zscored[brain] < 0).mean() > 0.3
+    assert np.array_equal(foreground_mask(zscored), brain)
+    assert brain_requirement_warnings(brain_features(zscored, ONE_MM), "z", REQUIREMENTS) == []
+    np.testing.assert_allclose(normalize_channel(zscored), normalize_channel(flair), atol=1e-4)
 
 
 @pytest.mark.parametrize("noisy_background", [True, False], ids=["noisy air", "zero air"])

@@ -359,3 +359,42 @@ def test_no_output_overwrites_an_input(tmp_path, capsys, monkeypatch, ossnet_reg
                               "--threads", "1"])
     assert status == 1 and digest(tmp_path / FLAIR) == flair_before
     assert f"The result would be written over the input file '{FLAIR}'" in capsys.readouterr().out
+
+
+def test_a_rerun_over_its_own_results_segments_the_scans_again(tmp_path, capsys, monkeypatch, ossnet_registry):
+    """``mednca-segment scans/* -o scans`` run twice: the second run meets the first's
+    ``.seg.nrrd`` results among its inputs and skips them with a note, instead of failing them
+    as label maps (a fresh-user trial had 0 of 6 segmented); a case folder holding an earlier
+    result beside its FLAIR still has one FLAIR. ``--volumes`` naming an input is refused before
+    anything runs, as it would be written over."""
+    import hashlib
+    import shutil
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(hippocampus_paths("hippocampus_001")[0], scans / "a.nii.gz")
+    command = ["-o", str(scans), "--runs", "2", "--threads", "1"]
+    assert mednca_cli.main([str(scans / "a.nii.gz"), *command]) == 0
+    capsys.readouterr()
+    assert mednca_cli.main([str(p) for p in sorted(scans.iterdir())] + command) == 0
+    printed = capsys.readouterr().out
+    assert f"note: '{scans / 'a.seg.nrrd'}' is a segmentation (a result), not a scan; it is skipped." in printed
+    assert "summary: 1 of 1 segmented" in printed
+
+    table = scans / "volumes.csv"
+    table.write_text("input,status\n")
+    before = hashlib.sha256(table.read_bytes()).hexdigest()
+    assert mednca_cli.main([str(scans / "a.nii.gz"), str(table), *command, "--volumes", str(table)]) == 2
+    assert "is also an input; name another file for the table" in capsys.readouterr().err
+    assert hashlib.sha256(table.read_bytes()).hexdigest() == before
+
+    monkeypatch.setattr(ModelRegistry, "default", classmethod(lambda cls: ossnet_registry))
+    case = tmp_path / "case"
+    case.mkdir()
+    for name in (FLAIR, T1C):
+        shutil.copy(BRATS_CASE / name, case / name)
+    settings = ["-o", str(case), "--spacing", "4", "--threads", "1"]
+    assert ossnet_cli.main(["--input", str(case / FLAIR), str(case / T1C), *settings]) == 0  # named after the FLAIR
+    assert (case / FLAIR.replace(".nii.gz", ".seg.nrrd")).is_file()
+    assert ossnet_cli.main(["--input", str(case), *settings]) == 0
+    assert "summary: 1 of 1 segmented" in capsys.readouterr().out

@@ -111,6 +111,19 @@ def write_labels(labels_kji, geometry, path: Path, reference_volume=None) -> Pat
     return path
 
 
+SEGMENTATION_SUFFIX = ".seg.nrrd"
+
+
+def skip_segmentations(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``items`` without segmentations (``*.seg.nrrd``, what these commands write), and a note
+    for each one left out: a re-run over a folder that holds an earlier run's results
+    (``scans/*`` with ``-o scans``) segments the scans, not the results."""
+    kept = [item for item in items if not item.lower().endswith(SEGMENTATION_SUFFIX)]
+    notes = [f"'{item}' is a segmentation (a result), not a scan; it is skipped." for item in items
+             if item not in kept]
+    return kept, notes
+
+
 def unique_names(items: Sequence[str], name_of: Callable[[str], str]) -> tuple[list[str], dict[str, str], list[str]]:
     """Distinct inputs, a distinct output name for each, and notes saying what was changed.
 

@@ -112,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       f"{written} ({result.seconds:.1f} s, {result.mode} mode; "
                                       f"{result.volumes.summary()}; quality score NQM: {quality})",
                                       result.seconds, result.warnings)
+        except KeyboardInterrupt:
+            row["warnings"] = "interrupted (Ctrl-C)"
+            raise
         except Exception as error:
             row["warnings"] = str(error)  # a failed row says why, as its printed line
             raise

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from EfficientSegmentationCommon.errors import InputVolumeError
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import axis_aligned_grid
 from EfficientSegmentationCommon.memory import format_bytes
@@ -71,9 +72,10 @@ class OutputGridPlan:
         return self.voxels > MAX_OUTPUT_VOXELS
 
     def check(self) -> None:
-        """Raise ValueError when the output grid is too large to hold (the message says what to do)."""
+        """Raise InputVolumeError (a ValueError) when the output grid is too large to hold for this
+        input; the message says what to do, and a batch prints it as it is."""
         if self.too_large:
-            raise ValueError(f"The output grid would have {self.voxels / 1e6:,.0f} million voxels "
+            raise InputVolumeError(f"The output grid would have {self.voxels / 1e6:,.0f} million voxels "
                              f"({' x '.join(str(n) for n in self.output.shape_ijk)}); choose a coarser resolution "
                              "or an ROI.")
 

@@ -398,3 +398,63 @@ def test_a_rerun_over_its_own_results_segments_the_scans_again(tmp_path, capsys,
     assert (case / FLAIR.replace(".nii.gz", ".seg.nrrd")).is_file()
     assert ossnet_cli.main(["--input", str(case), *settings]) == 0
     assert "summary: 1 of 1 segmented" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_the_batch_saying_what_was_done(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the second of three inputs: the first result is kept, the summary says what
+    was segmented, interrupted and not started, the ``--volumes`` table has the rows so far, exit
+    status 130, no traceback and no partial file."""
+    import csv
+    import shutil
+
+    for name in ("a", "b", "c"):
+        shutil.copy(hippocampus_paths("hippocampus_001")[0], tmp_path / f"{name}.nii.gz")
+    segment = MedNCASegmentLogic.segment
+
+    def stopped_at_b(self, volume, *args, **kwargs):
+        if volume.GetName() == "b":
+            raise KeyboardInterrupt
+        return segment(self, volume, *args, **kwargs)
+
+    monkeypatch.setattr(MedNCASegmentLogic, "segment", stopped_at_b)
+    out, table = tmp_path / "out", tmp_path / "v.csv"
+    status = mednca_cli.main([str(tmp_path / f"{n}.nii.gz") for n in "abc"]
+                             + ["-o", str(out), "--runs", "2", "--threads", "1", "--volumes", str(table)])
+    printed = capsys.readouterr().out
+    assert status == 130
+    assert "FAILED b: interrupted (Ctrl-C); nothing was written for it" in printed
+    assert "summary: interrupted; 1 of 3 segmented, 0 failed, 1 not started" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["a.seg.nrrd"]
+    rows = list(csv.DictReader(table.open()))
+    assert [(Path(r["input"]).name, r["status"], r["warnings"]) for r in rows] == [
+        ("a.nii.gz", "ok", ""), ("b.nii.gz", "failed", "interrupted (Ctrl-C)")]
+
+
+def test_a_result_that_fails_while_written_leaves_no_file(tmp_path, monkeypatch):
+    """The result is written beside its path and renamed: a write that fails (or is stopped)
+    leaves neither a truncated result nor the partial file, and an earlier result stays whole."""
+    from EfficientSegmentationCommon import batch
+
+    path = tmp_path / "case.nii.gz"
+    path.write_bytes(b"earlier result")
+
+    def failing_write(labels, geometry, target, reference=None):
+        Path(target).write_bytes(b"half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(batch, "write_labels", failing_write)
+    result = dataclasses.make_dataclass("Result", ["labels", "geometry", "segmentation"])(None, None, None)
+    with pytest.raises(OSError, match="No space left"):
+        batch.write_result(result, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["case.nii.gz"] and path.read_bytes() == b"earlier result"
+
+
+def test_small_message_fixes(tmp_path, capsys):
+    """A folder given with a trailing slash keeps its name in the report; OSS-Net's model
+    message has the right article."""
+    from EfficientSegmentationCommon.scene import name_from_path
+
+    assert name_from_path(str(tmp_path) + os.sep) == tmp_path.name
+    assert ossnet_cli.main(["--input", str(BRATS_CASE), "-o", str(tmp_path / "o"), "--model",
+                            "mednca2d-hippocampus"]) == 2
+    assert "is not an OSS-Net model; OSS-Net models:" in capsys.readouterr().err

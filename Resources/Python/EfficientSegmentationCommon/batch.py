@@ -73,6 +73,9 @@ def output_path(output_dir: Path, name: str, fmt: str) -> Path:
     return Path(output_dir) / f"{name}.{fmt}"
 
 
+SEGMENTATION_SUFFIX = ".seg.nrrd"
+
+
 def write_result(result, path: Path, reference_volume=None, inputs: Sequence[str | Path] = ()) -> Path:
     """Save a run's result (either method's: it has ``segmentation``, ``labels`` and ``geometry``)
     as a ``.seg.nrrd`` segmentation, or as a ``.nii.gz`` label map with the segments' label
@@ -91,10 +94,18 @@ def write_result(result, path: Path, reference_volume=None, inputs: Sequence[str
             raise InputVolumeError(f"The result would be written over the input file '{given}': choose another "
                                    "output folder (-o) or format (--format).")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.name.endswith(".seg.nrrd"):
-        save_segmentation(result.segmentation, path)
-    else:
-        write_labels(result.labels, result.geometry, path, reference_volume)
+    # Written beside, then renamed: a run stopped or failing while writing (Ctrl-C, a full disk)
+    # leaves no truncated result, and an earlier result at ``path`` stays whole until replaced.
+    partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    try:
+        if path.name.endswith(SEGMENTATION_SUFFIX):
+            save_segmentation(result.segmentation, partial)
+        else:
+            write_labels(result.labels, result.geometry, partial, reference_volume)
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
     return path
 
 
@@ -109,9 +120,6 @@ def write_labels(labels_kji, geometry, path: Path, reference_volume=None) -> Pat
     source = inspect_file(source_path) if source_path else None
     save_labels_nifti(labels_kji, geometry, path, source if source is not None and not source.problem else None)
     return path
-
-
-SEGMENTATION_SUFFIX = ".seg.nrrd"
 
 
 def skip_segmentations(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -209,10 +217,15 @@ REPORT_HELP = """\
 what it prints, one line per input:
   ok      segmented, and nothing questions the result
   CHECK   segmented, with warnings (printed under the line): look at the result before using it
-  FAILED  not segmented; the line says why, and nothing was written for this input
-then a summary with the counts. Exit status 0 when every input was segmented, 1 when any failed,
-2 for a wrong argument.
+  FAILED  not segmented; the line says why, and no result was written for this input
+then a summary with the counts; "note:" lines are facts (an input renamed or resampled), not
+warnings. Exit status 0 when every input was segmented (CHECK included), 1 when any failed, 2 for
+a wrong argument, 130 when stopped with Ctrl-C (the results written so far are kept).
 """
+
+
+# Exit status after Ctrl-C, as a shell reports a command stopped by SIGINT (128 + 2).
+INTERRUPTED = 130
 
 
 def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], names: dict[str, str] | None = None) -> int:
@@ -227,9 +240,14 @@ def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], name
     from .errors import InputVolumeError
 
     outcomes = []
+    interrupted = False
     for item in items:
         try:
             outcome = process(item)
+        except KeyboardInterrupt:  # Ctrl-C: stop here, say what was done, keep the results written
+            interrupted = True
+            outcome = BatchOutcome((names or {}).get(item, os.path.basename(item)), False,
+                                   "interrupted (Ctrl-C); nothing was written for it")
         except Exception as error:  # one bad input must not stop the others
             detail = str(error) if isinstance(error, InputVolumeError) else f"{type(error).__name__}: {error}"
             outcome = BatchOutcome((names or {}).get(item, os.path.basename(item)), False, detail)
@@ -240,12 +258,19 @@ def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], name
             print(f"       note: {note}", flush=True)
         for warning in outcome.warnings:
             print(f"       warning: {warning}", flush=True)
+        if interrupted:
+            break
     succeeded = [o for o in outcomes if o.ok]
     mean_seconds = sum(o.seconds for o in succeeded) / len(succeeded) if succeeded else 0.0
     to_check = sum(bool(o.warnings) for o in succeeded)
     checks = ("" if not to_check else " (1 with warnings: check it)" if to_check == 1
               else f" ({to_check} with warnings: check them)")
     timing = f"; {mean_seconds:.1f} s per volume" if succeeded else ""
+    if interrupted:
+        print(f"summary: interrupted; {len(succeeded)} of {len(items)} segmented{checks}, "
+              f"{len(outcomes) - len(succeeded) - 1} failed, {len(items) - len(outcomes)} not started{timing}",
+              flush=True)
+        return INTERRUPTED
     print(f"summary: {len(succeeded)} of {len(outcomes)} segmented{checks}, {len(outcomes) - len(succeeded)} failed"
           f"{timing}", flush=True)
     return 0 if len(succeeded) == len(outcomes) else 1

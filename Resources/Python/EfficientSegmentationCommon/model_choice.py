@@ -66,9 +66,14 @@ class RegistryLogic:
                              "Give one of these, or a model file (.pt).")
         entry = self.registry.get(model)
         if entry.method != self.METHOD:
-            raise ModelError(f"Model '{model}' is not a {self.METHOD_TITLE} model; {self.METHOD_TITLE} models: "
+            raise ModelError(f"Model '{model}' is not {self._a_method} model; {self.METHOD_TITLE} models: "
                              f"{', '.join(e.id for e in self.models()) or 'none'}. Give one of these, or a model file (.pt).")
         return entry
+
+    @property
+    def _a_method(self) -> str:
+        """The method's title with its article: "a Med-NCA", "an OSS-Net"."""
+        return f"{'an' if self.METHOD_TITLE[0] in 'AEIOU' else 'a'} {self.METHOD_TITLE}"
 
     def load(self, entry: ModelEntry, device: str = "cpu") -> object:
         """The torch model of ``entry`` on ``device``: loaded on first use, then cached.
@@ -89,5 +94,5 @@ class RegistryLogic:
         if path.is_file() and path.stat().st_size == 0:
             return f"Model file {path} cannot be loaded: it is empty. Copy the model file again."
         detail = str(error).strip() or type(error).__name__
-        return (f"Model file {path} cannot be loaded: it is not a {self.METHOD_TITLE} model file, or it is damaged "
+        return (f"Model file {path} cannot be loaded: it is not {self._a_method} model file, or it is damaged "
                 f"({detail}). Use a model file written by the {self.METHOD_TITLE} training.")

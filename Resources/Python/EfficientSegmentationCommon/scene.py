@@ -171,7 +171,7 @@ def load_volume(scene, path: str | os.PathLike, name: str | None = None):
 
 def name_from_path(path: str) -> str:
     """Node name from a file name without its image extensions (``case.nii.gz`` -> ``case``)."""
-    stem = os.path.basename(path)
+    stem = os.path.basename(os.path.normpath(path))  # a folder given with a trailing slash keeps its name
     root, suffix = os.path.splitext(stem)
     while suffix.lower() in _IMAGE_SUFFIXES and root:
         stem = root

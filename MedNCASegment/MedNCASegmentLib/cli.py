@@ -94,8 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             volume = load_volume(scene, path, names[path])
             roi = manual_roi(scene, args.roi) if args.roi else None
             result = logic.segment(volume, settings, roi=roi, progressCallback=batch.ProgressBar(volume.GetName()))
-            written = batch.write_result(result, batch.output_path(args.output_dir, volume.GetName(), args.format),
-                                         volume, inputs)
+            target = batch.output_path(args.output_dir, volume.GetName(), args.format)
+            replaced = batch.replacing(target)
+            written = batch.write_result(result, target, volume, inputs)
             scored = all(score is not None for score in result.quality.values())
             flag = "yes" if result.likely_failure else "no" if scored else f"unknown ({settings.runs} run)"
             # As the printed line: "check" when any warning questions the result; they are the last column.
@@ -111,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return batch.BatchOutcome(volume.GetName(), True,
                                       f"{written} ({result.seconds:.1f} s, {result.mode} mode; "
                                       f"{result.volumes.summary()}; quality score NQM: {quality})",
-                                      result.seconds, result.warnings)
+                                      result.seconds, result.warnings, replaced)
         except KeyboardInterrupt:
             row["warnings"] = "interrupted (Ctrl-C)"
             raise

@@ -145,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             volumes = [load_volume(scene, str(path)) for path in files]
             result = logic.segment(volumes, settings, progressCallback=batch.ProgressBar(name))
             # nii.gz: on the FLAIR file's own grid when the output grid is that grid (up to voxel order)
-            path = batch.write_result(result, batch.output_path(args.output_dir, name, args.format), volumes[0], files)
+            target = batch.output_path(args.output_dir, name, args.format)
+            replaced = batch.replacing(target)
+            path = batch.write_result(result, target, volumes[0], files)
             shape = result.geometry.shape_ijk
             if path.name.endswith(".nii.gz"):  # the grid as written, which may be the file's voxel order
                 import nibabel
@@ -154,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             grid = " x ".join(str(n) for n in shape)
             return batch.BatchOutcome(name, True, f"{path} ({grid} voxels; {result.seconds:.1f} s; "
                                                   f"{result.decoded_fraction:.2%} of the voxels decoded)",
-                                      result.seconds, result.warnings, result.details)
+                                      result.seconds, result.warnings, [*result.details, *replaced])
         finally:
             scene.Clear(0)  # keep memory flat over long batches
 

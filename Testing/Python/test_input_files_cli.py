@@ -379,6 +379,7 @@ def test_a_rerun_over_its_own_results_segments_the_scans_again(tmp_path, capsys,
     assert mednca_cli.main([str(p) for p in sorted(scans.iterdir())] + command) == 0
     printed = capsys.readouterr().out
     assert f"note: '{scans / 'a.seg.nrrd'}' is a segmentation (a result), not a scan; it is skipped." in printed
+    assert f"note: replaced the earlier file {scans / 'a.seg.nrrd'}" in printed
     assert "summary: 1 of 1 segmented" in printed
 
     table = scans / "volumes.csv"
@@ -398,6 +399,9 @@ def test_a_rerun_over_its_own_results_segments_the_scans_again(tmp_path, capsys,
     assert (case / FLAIR.replace(".nii.gz", ".seg.nrrd")).is_file()
     assert ossnet_cli.main(["--input", str(case), *settings]) == 0
     assert "summary: 1 of 1 segmented" in capsys.readouterr().out
+    # Another case's files of the same names into the same folder: the earlier result is replaced, and said so.
+    assert ossnet_cli.main(["--input", str(case / FLAIR), str(case / T1C), *settings]) == 0
+    assert f"note: replaced the earlier file {case / FLAIR.replace('.nii.gz', '.seg.nrrd')}" in capsys.readouterr().out
 
 
 def test_ctrl_c_stops_the_batch_saying_what_was_done(tmp_path, capsys, monkeypatch):

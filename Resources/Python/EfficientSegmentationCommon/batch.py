@@ -122,6 +122,13 @@ def write_labels(labels_kji, geometry, path: Path, reference_volume=None) -> Pat
     return path
 
 
+def replacing(path: Path) -> list[str]:
+    """A note when ``path`` already holds a file, which the result about to be written there
+    replaces: an earlier run's result (outputs of one run never share a name, see
+    :func:`unique_names`), e.g. another case's whose FLAIR file had the same name."""
+    return [f"replaced the earlier file {path}"] if path.exists() else []
+
+
 def skip_segmentations(items: Sequence[str]) -> tuple[list[str], list[str]]:
     """``items`` without segmentations (``*.seg.nrrd``, what these commands write), and a note
     for each one left out: a re-run over a folder that holds an earlier run's results

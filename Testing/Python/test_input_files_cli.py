@@ -427,7 +427,7 @@ def test_ctrl_c_stops_the_batch_saying_what_was_done(tmp_path, capsys, monkeypat
     printed = capsys.readouterr().out
     assert status == 130
     assert "FAILED b: interrupted (Ctrl-C); nothing was written for it" in printed
-    assert "summary: interrupted; 1 of 3 segmented, 0 failed, 1 not started" in printed
+    assert "summary: interrupted; 1 of 3 segmented, 0 failed, 1 interrupted, 1 not started" in printed
     assert sorted(p.name for p in out.iterdir()) == ["a.seg.nrrd"]
     rows = list(csv.DictReader(table.open()))
     assert [(Path(r["input"]).name, r["status"], r["warnings"]) for r in rows] == [

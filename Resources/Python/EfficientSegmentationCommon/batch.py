@@ -221,12 +221,12 @@ class BatchOutcome:
 
 
 REPORT_HELP = """\
-what it prints, one line per input:
+what it prints, one line per input (per case for ossnet-segment):
   ok      segmented, and nothing questions the result
   CHECK   segmented, with warnings (printed under the line): look at the result before using it
   FAILED  not segmented; the line says why, and no result was written for this input
-then a summary with the counts; "note:" lines are facts (an input renamed or resampled), not
-warnings. Exit status 0 when every input was segmented (CHECK included), 1 when any failed, 2 for
+then a summary with the counts; "note:" lines are facts, not warnings (e.g. an input renamed,
+skipped or resampled, an earlier file replaced). Exit status 0 when every input was segmented (CHECK included), 1 when any failed, 2 for
 a wrong argument, 130 when stopped with Ctrl-C (the results written so far are kept).
 """
 
@@ -275,7 +275,8 @@ def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], name
     timing = f"; {mean_seconds:.1f} s per volume" if succeeded else ""
     if interrupted:
         print(f"summary: interrupted; {len(succeeded)} of {len(items)} segmented{checks}, "
-              f"{len(outcomes) - len(succeeded) - 1} failed, {len(items) - len(outcomes)} not started{timing}",
+              f"{len(outcomes) - len(succeeded) - 1} failed, 1 interrupted, {len(items) - len(outcomes)} not started"
+              f"{timing}",
               flush=True)
         return INTERRUPTED
     print(f"summary: {len(succeeded)} of {len(outcomes)} segmented{checks}, {len(outcomes) - len(succeeded)} failed"

@@ -49,8 +49,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _is_volume_file(path: Path) -> bool:
     """A scan file: a volume's suffix, and not a segmentation (an earlier result written there)."""
-    name = path.name.lower()
-    return path.is_file() and name.endswith(VOLUME_SUFFIXES) and not name.endswith(batch.SEGMENTATION_SUFFIX)
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES) and not batch.is_segmentation(path)
 
 
 def case_files(folder: Path, inputs: Sequence[str]) -> list[Path]:

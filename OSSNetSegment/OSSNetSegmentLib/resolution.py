@@ -76,8 +76,8 @@ class OutputGridPlan:
         input; the message says what to do, and a batch prints it as it is."""
         if self.too_large:
             raise InputVolumeError(f"The output grid would have {self.voxels / 1e6:,.0f} million voxels "
-                             f"({' x '.join(str(n) for n in self.output.shape_ijk)}); choose a coarser resolution "
-                             "or an ROI.")
+                                   f"({' x '.join(str(n) for n in self.output.shape_ijk)}); choose a coarser "
+                                   "resolution or an ROI.")
 
     def summary(self) -> str:
         """What the panel shows under the resolution slider, e.g. '480 x 480 x 310 voxels of

@@ -76,6 +76,11 @@ def output_path(output_dir: Path, name: str, fmt: str) -> Path:
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 
 
+def is_segmentation(path: str | Path) -> bool:
+    """Whether ``path`` names a segmentation file (``*.seg.nrrd``, what these commands write)."""
+    return str(path).lower().endswith(SEGMENTATION_SUFFIX)
+
+
 def write_result(result, path: Path, reference_volume=None, inputs: Sequence[str | Path] = ()) -> Path:
     """Save a run's result (either method's: it has ``segmentation``, ``labels`` and ``geometry``)
     as a ``.seg.nrrd`` segmentation, or as a ``.nii.gz`` label map with the segments' label
@@ -98,7 +103,7 @@ def write_result(result, path: Path, reference_volume=None, inputs: Sequence[str
     # leaves no truncated result, and an earlier result at ``path`` stays whole until replaced.
     partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
     try:
-        if path.name.endswith(SEGMENTATION_SUFFIX):
+        if is_segmentation(path):
             save_segmentation(result.segmentation, partial)
         else:
             write_labels(result.labels, result.geometry, partial, reference_volume)
@@ -133,7 +138,7 @@ def skip_segmentations(items: Sequence[str]) -> tuple[list[str], list[str]]:
     """``items`` without segmentations (``*.seg.nrrd``, what these commands write), and a note
     for each one left out: a re-run over a folder that holds an earlier run's results
     (``scans/*`` with ``-o scans``) segments the scans, not the results."""
-    kept = [item for item in items if not item.lower().endswith(SEGMENTATION_SUFFIX)]
+    kept = [item for item in items if not is_segmentation(item)]
     notes = [f"'{item}' is a segmentation (a result), not a scan; it is skipped." for item in items
              if item not in kept]
     return kept, notes
@@ -226,8 +231,9 @@ what it prints, one line per input (per case for ossnet-segment):
   CHECK   segmented, with warnings (printed under the line): look at the result before using it
   FAILED  not segmented; the line says why, and no result was written for this input
 then a summary with the counts; "note:" lines are facts, not warnings (e.g. an input renamed,
-skipped or resampled, an earlier file replaced). Exit status 0 when every input was segmented (CHECK included), 1 when any failed, 2 for
-a wrong argument, 130 when stopped with Ctrl-C (the results written so far are kept).
+skipped or resampled, an earlier file replaced). Exit status 0 when every input was segmented
+(CHECK included), 1 when any failed, 2 for a wrong argument, 130 when stopped with Ctrl-C (the
+results written so far are kept).
 """
 
 

@@ -33,7 +33,8 @@ from EfficientSegmentationCommon.errors import InputVolumeError, describe_node
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import KJISlices, crop_to_roi
 from EfficientSegmentationCommon.input_files import check_source_files
-from EfficientSegmentationCommon.input_checks import check_inputs, empty_result_warning
+from EfficientSegmentationCommon.input_checks import (SKULL_STRIPPED, brain_overlap_warning, check_inputs,
+                                                      empty_result_warning)
 from EfficientSegmentationCommon.model_choice import RegistryLogic
 from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
@@ -178,6 +179,9 @@ class OSSNetSegmentLogic(RegistryLogic):
                                f"{describe_node(volumes[0])}.")
             images.append(image)
         del arrays
+        if SKULL_STRIPPED in entry.input_requirements:  # on one grid now: do they show one brain?
+            overlap = brain_overlap_warning(images, entry.inputs, [volume.GetName() for volume in volumes])
+            warnings += [overlap] if overlap else []
         crop = None
         if roi is not None:
             crop, reference = crop_to_roi(reference, roi)

@@ -15,6 +15,7 @@ from EfficientSegmentationCommon.errors import InputVolumeError
 from EfficientSegmentationCommon.input_checks import (
     REQUIREMENTS,
     brain_features,
+    brain_overlap_warning,
     brain_requirement_warnings,
     check_distinct_inputs,
     check_image_content,
@@ -159,6 +160,20 @@ def test_one_image_given_for_two_inputs_is_refused():
     flair = brats("brats_2013_pat0006_1", INPUT_FILES["FLAIR"])
     with pytest.raises(InputVolumeError, match="The FLAIR volume 'f' and the T1c volume 'g' hold the same image"):
         check_distinct_inputs([flair, flair.copy()], INPUTS, ["f", "g"])
+
+
+def test_scans_of_different_patients_or_unregistered_are_flagged():
+    images = {case: [brats(case, INPUT_FILES[name]) for name in INPUTS] for case in CASES}
+    for case, (flair, t1c) in images.items():
+        assert brain_overlap_warning([flair, t1c], INPUTS, ["f", "t"]) is None, case
+    for case, other in zip(CASES, CASES[1:] + CASES[:1], strict=True):  # each FLAIR with the next case's T1c
+        warning = brain_overlap_warning([images[case][0], images[other][1]], INPUTS, ["f", "t"])
+        assert warning.startswith("The FLAIR volume 'f' and the T1c volume 't' do not show the same brain"), case
+        assert "different patients or not be registered" in warning
+    # the same patient's T1c 6 mm off (not registered): flagged; 1 mm off: not
+    flair, t1c = images["brats_2013_pat0006_1"]
+    assert "do not show the same brain" in brain_overlap_warning([flair, np.roll(t1c, 6, axis=1)], INPUTS, ["f", "t"])
+    assert brain_overlap_warning([flair, np.roll(t1c, 1, axis=1)], INPUTS, ["f", "t"]) is None
 
 
 def test_an_empty_result_is_reported():

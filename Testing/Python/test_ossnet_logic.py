@@ -181,6 +181,16 @@ def test_a_second_input_on_another_grid_is_resampled_onto_the_first_with_a_note(
     assert dice(result.labels == 1, reference.labels == 1) > 0.8
 
 
+def test_a_t1c_of_another_patient_is_warned_of(scene, logic, case, truth):
+    flair, _ = case
+    other = next(p for p in sorted(CASE_DIR.parent.iterdir()) if p.is_dir() and p != CASE_DIR)
+    t1c = load_volume(scene, other / INPUT_FILES["T1c"])
+    t1c.SetName("T1c of another patient")
+    result = logic.segment([flair, t1c], roi=tumour_roi(scene, flair, truth))
+    assert any(warning.startswith("The FLAIR volume 'Flair_subtrMeanDivStd' and the T1c volume 'T1c of another "
+                                  "patient' do not show the same brain") for warning in result.warnings)
+
+
 def test_the_same_scan_stored_ras_gives_the_same_segmentation(scene, logic, case, truth):
     """BraTS files are stored LPS, as the model was trained; the same voxels re-encoded RAS (a
     common conversion) are read back in the model's voxel order, so the result is the same (it

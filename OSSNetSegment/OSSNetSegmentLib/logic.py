@@ -33,12 +33,12 @@ from EfficientSegmentationCommon.errors import InputVolumeError, describe_node
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import KJISlices, crop_to_roi
 from EfficientSegmentationCommon.input_files import check_source_files
-from EfficientSegmentationCommon.input_checks import (SKULL_STRIPPED, brain_overlap_warning, check_inputs,
-                                                      empty_result_warning)
+from EfficientSegmentationCommon.input_checks import (SKULL_STRIPPED, background_value, brain_overlap_warning,
+                                                      check_inputs, empty_result_warning)
 from EfficientSegmentationCommon.model_choice import RegistryLogic
 from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
-from EfficientSegmentationCommon.resampling import resample
+from EfficientSegmentationCommon.resampling import resample, same_voxel_centres
 from EfficientSegmentationCommon.segmentation_output import write_labels_to_segmentation
 from EfficientSegmentationCommon.settings import settings_from_keywords
 from EfficientSegmentationCommon.torch_setup import check_device
@@ -95,7 +95,7 @@ class OSSNetResult:
     decoded_points: int
     seconds: float
     warnings: list[str] = field(default_factory=list)
-    details: list[str] = field(default_factory=list)  # e.g. "The T1c volume ... was resampled onto ..."
+    details: list[str] = field(default_factory=list)  # e.g. "The T1c volume ... is stored on another grid: ..."
 
 
 def _overlap(a: VolumeGeometry, b: VolumeGeometry) -> float:
@@ -174,14 +174,16 @@ class OSSNetSegmentLogic(RegistryLogic):
                         f"{describe_node(volumes[0])} (they share less than {MIN_OVERLAP:.0%} of its box), so it "
                         "cannot be resampled onto it: select the matching scan of the same patient, or register "
                         "the two first.")
-                image = resample(image, geometry, reference, order=1)
-                details.append(f"The {name} volume {describe_node(volume)} was resampled onto the grid of "
-                               f"{describe_node(volumes[0])}.")
+                how = "its voxels were reordered" if same_voxel_centres(geometry, reference) else "it was resampled"
+                image = resample(image, geometry, reference, order=1, fill=background_value(image))
+                details.append(f"The {name} volume {describe_node(volume)} is stored on another grid: {how} onto "
+                               f"the grid of {describe_node(volumes[0])}.")
             images.append(image)
-        del arrays
-        if SKULL_STRIPPED in entry.input_requirements:  # on one grid now: do they show one brain?
-            overlap = brain_overlap_warning(images, entry.inputs, [volume.GetName() for volume in volumes])
+        if SKULL_STRIPPED in entry.input_requirements:  # do they show one brain?
+            overlap = brain_overlap_warning([image for image, _ in arrays], [geometry for _, geometry in arrays],
+                                            entry.inputs, [volume.GetName() for volume in volumes])
             warnings += [overlap] if overlap else []
+        del arrays
         crop = None
         if roi is not None:
             crop, reference = crop_to_roi(reference, roi)

@@ -25,6 +25,7 @@ from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.metrics import dice
 from EfficientSegmentationCommon.progress import CancelRequest
 from EfficientSegmentationCommon.registry import ModelRegistry
+from EfficientSegmentationCommon.resampling import resample
 from EfficientSegmentationCommon.scene import load_volume
 from EfficientSegmentationCommon.segmentation_output import export_segmentation_labels, write_scalar_volume
 from EfficientSegmentationCommon.volume_arrays import array_from_volume
@@ -189,6 +190,20 @@ def test_a_t1c_of_another_patient_is_warned_of(scene, logic, case, truth):
     result = logic.segment([flair, t1c], roi=tumour_roi(scene, flair, truth))
     assert any(warning.startswith("The FLAIR volume 'Flair_subtrMeanDivStd' and the T1c volume 'T1c of another "
                                   "patient' do not show the same brain") for warning in result.warnings)
+
+
+def test_a_t1c_stored_at_2_mm_is_resampled_without_a_warning(scene, logic, case, truth):
+    """A fresh-user trial: the same patient's T1c stored at 2 mm was warned of as another brain
+    (Dice 0.84): it had been resampled onto the FLAIR's grid with 0, brain-like in a z-scored
+    scan, beyond its edge before the brains were compared."""
+    flair, t1c = case
+    voxels, geometry = array_from_volume(t1c)
+    coarse = geometry.with_spacing([2 * s for s in geometry.spacing])
+    stored = write_scalar_volume(scene, resample(voxels, geometry, coarse, fill=float(voxels.min())), coarse, "T1c 2 mm")
+    result = logic.segment([flair, stored], roi=tumour_roi(scene, flair, truth))
+    assert not any("do not show the same brain" in warning for warning in result.warnings), result.warnings
+    assert result.details == ["The T1c volume 'T1c 2 mm' is stored on another grid: it was resampled onto the grid "
+                              "of 'Flair_subtrMeanDivStd'."]
 
 
 def test_the_same_scan_stored_ras_gives_the_same_segmentation(scene, logic, case, truth):

@@ -78,6 +78,8 @@ def test_another_orientation_at_the_same_spacing_is_reindexed_not_interpolated(h
     source = VolumeGeometry(geometry.ijk_to_ras @ encode, stored.shape)
     inner = VolumeGeometry(geometry.ijk_to_ras @ np.array([[1, 0, 0, 2], [0, 1, 0, 3], [0, 0, 1, 1], [0, 0, 0, 1.0]]),
                            tuple(n - 4 for n in geometry.shape_kji))
+    assert resampling.same_voxel_centres(source, geometry) and resampling.same_voxel_centres(source, inner)
+    assert not resampling.same_voxel_centres(source, geometry.with_spacing([2 * s for s in geometry.spacing]))
     fast = {name: resample(stored, source, target, order=order) for name, target in (("whole", geometry), ("inner", inner))}
     np.testing.assert_array_equal(fast["whole"], image.astype(fast["whole"].dtype))
     monkeypatch.setattr(resampling, "_voxel_reindexing", lambda *args, **kwargs: None)

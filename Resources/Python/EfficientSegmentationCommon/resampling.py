@@ -32,10 +32,7 @@ def resample(
     array = np.asarray(array_kji)
     if array.shape != source.shape_kji:
         raise ValueError(f"array shape {array.shape} does not match the source geometry's {source.shape_kji}")
-    # Homogeneous map from target IJK to source IJK, then both sides reordered to KJI.
-    target_to_source_ijk = np.linalg.inv(source.ijk_to_ras) @ target.ijk_to_ras
-    reverse = np.eye(4)[[2, 1, 0, 3]]
-    target_to_source_kji = reverse @ target_to_source_ijk @ reverse
+    target_to_source_kji = _target_to_source_kji(source, target)
     input_array = array if order == 0 else array.astype(np.float32, copy=False)
     voxels = _voxel_reindexing(target_to_source_kji, array.shape, target.shape_kji)
     if voxels is not None:  # the same voxel centres in another axis order or direction: no interpolation
@@ -49,6 +46,20 @@ def resample(
         mode="grid-constant",
         cval=fill,
     )
+
+
+def same_voxel_centres(source: VolumeGeometry, target: VolumeGeometry) -> bool:
+    """Whether every voxel centre of ``target`` is one of ``source``'s (axes swapped or reversed,
+    the target inside the source), so that ``resample`` only reorders voxels, without
+    interpolating: a user is told their scan was resampled only when it was."""
+    return _voxel_reindexing(_target_to_source_kji(source, target), source.shape_kji, target.shape_kji) is not None
+
+
+def _target_to_source_kji(source: VolumeGeometry, target: VolumeGeometry) -> np.ndarray:
+    """Homogeneous map (4 x 4) from target KJI voxel indices to source KJI voxel indices."""
+    target_to_source_ijk = np.linalg.inv(source.ijk_to_ras) @ target.ijk_to_ras
+    reverse = np.eye(4)[[2, 1, 0, 3]]
+    return reverse @ target_to_source_ijk @ reverse
 
 
 def _voxel_reindexing(target_to_source_kji: np.ndarray, source_shape: Sequence[int], target_shape: Sequence[int],

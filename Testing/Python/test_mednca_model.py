@@ -127,3 +127,50 @@ def test_a_card_written_with_the_old_stage_names_still_loads() -> None:
     old = {key.replace("global_cell.", "coarse.").replace("refinement_cell.", "fine."): value
            for key, value in model.state_dict().items()}
     MedNCA(config).load_state_dict(upgrade_state_dict(old))
+
+
+def _randomised(config: MedNCAConfig, seed: int) -> MedNCA:
+    """A model with random weights everywhere (an untrained one is zero in its output layers)."""
+    torch.manual_seed(seed)
+    model = MedNCA(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn_like(parameter))
+    return model
+
+
+def test_weight_interpolation_lies_on_the_line_between_two_models(tmp_path) -> None:
+    from MedNCASegmentLib.model_io import save_model
+    from MedNCASegmentLib.weight_interpolation import interpolate, main
+
+    config = default_config(2)
+    start, end = _randomised(config, 1), _randomised(config, 2)
+    save_model(tmp_path / "start.pt", start, {"seed": 1})
+    save_model(tmp_path / "end.pt", end, {"seed": 2, "command": "python -m MedNCASegmentLib.training --seed 2"})
+    for alpha, expected in ((0.0, start), (1.0, end)):
+        model, _ = interpolate(tmp_path / "start.pt", tmp_path / "end.pt", alpha)
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(value, expected.state_dict()[name])
+    assert main([str(tmp_path / "start.pt"), str(tmp_path / "end.pt"), "--alpha", "0.25",
+                 "--output", str(tmp_path / "quarter.pt")]) == 0
+    quarter, metadata = load_model(tmp_path / "quarter.pt")
+    name = next(iter(start.state_dict()))
+    torch.testing.assert_close(quarter.state_dict()[name],
+                               0.75 * start.state_dict()[name] + 0.25 * end.state_dict()[name])
+    assert metadata["interpolation"]["alpha"] == 0.25 and metadata["end"]["seed"] == 2 and metadata["seed"] == 2
+    assert metadata["command"].startswith("python -m MedNCASegmentLib.training --seed 2 && "
+                                          "python -m MedNCASegmentLib.weight_interpolation ")
+
+
+def test_weight_interpolation_refuses_what_has_no_line(tmp_path) -> None:
+    from dataclasses import replace
+
+    from MedNCASegmentLib.model_io import save_model
+    from MedNCASegmentLib.weight_interpolation import interpolate
+
+    save_model(tmp_path / "a.pt", _randomised(default_config(2), 1), {})
+    save_model(tmp_path / "b.pt", _randomised(replace(default_config(2), hidden=64), 2), {})
+    with pytest.raises(ValueError, match="different configurations"):
+        interpolate(tmp_path / "a.pt", tmp_path / "b.pt", 0.5)
+    with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]"):
+        interpolate(tmp_path / "a.pt", tmp_path / "a.pt", 1.5)

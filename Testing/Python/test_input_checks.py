@@ -121,6 +121,22 @@ def test_a_head_that_is_not_skull_stripped_is_flagged(noisy_background):
     assert brain_requirement_warnings(brain_features(head, ONE_MM), "x", ()) == []
 
 
+def test_the_order_of_scans_that_are_not_skull_stripped_is_judged_by_their_names_only():
+    """A fresh-user trial: heads (BraTS brains given back a skull) drew a swap warning on top of
+    the skull-stripping one; their tails are set by scalp and air (6 of the 10 heads of the five
+    cases read reversed, pat0006's with and without noisy air among them)."""
+    for noisy_background in (True, False):
+        heads = [brain_features(with_skull(brats("brats_2013_pat0006_1", INPUT_FILES[name]), noisy_background), ONE_MM)
+                 for name in INPUTS]
+        assert heads[0].tail_width < heads[1].tail_width  # the contrast would say swapped
+        for given in (heads, heads[::-1]):
+            assert modality_order_problems(given, INPUTS, ["Flair", "T1c"], is_input) == ([], None)
+        warnings, error = modality_order_problems(heads, INPUTS, ["T1c", "Flair"], is_input)
+        assert error is None and len(warnings) == 1
+        assert "their names say the reverse; their contrast cannot be judged in scans that are not " \
+               "skull-stripped" in warnings[0]
+
+
 def test_a_brain_cut_off_by_the_field_of_view_is_flagged():
     half = brats("brats_2013_pat0006_1", INPUT_FILES["T1c"])[:, :, :120]  # the left half, cut at the midline
     warnings = brain_requirement_warnings(brain_features(half, ONE_MM), "The T1c volume 'half'", REQUIREMENTS)

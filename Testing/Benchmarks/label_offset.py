@@ -10,7 +10,8 @@ against the expert labels (``metrics.dice``). A case whose best shift is not zer
 much, is segmented in the right shape one voxel (1 mm) from its labels: the runs agree on it,
 so no signal drawn from their disagreement flags it (RESULTS.md, issue 14). With ``--unet`` the
 2D UNet baseline (``robustness_benchmark.unet_runner``), trained apart from Med-NCA, is scored the
-same way beside it: where both are off the labels by the same voxel, the labels may be.
+same way beside it, and the two results against each other: where both are off the labels by the
+same voxel and agree with each other, the labels are the likelier to be off.
 """
 
 from __future__ import annotations
@@ -48,20 +49,24 @@ def main(argv: list[str] | None = None) -> int:
     runners = {"Med-NCA": nca_runner(args.nca, runs=10, seed=0)}
     if args.unet:
         runners["UNet"] = unet_runner(args.unet)
+    agreement = " | Med-NCA vs UNet Dice" if args.unet else ""
     print("| case | " + " | ".join(f"{name} Dice | best one-voxel shift (K, J, I) | Dice there | gain"
-                                   for name in runners) + " |")
-    print("|---|" + "---:|---|---:|---:|" * len(runners))
+                                   for name in runners) + agreement + " |")
+    print("|---|" + "---:|---|---:|---:|" * len(runners) + ("---:|" if args.unet else ""))
     gains: dict[str, list[float]] = {name: [] for name in runners}
     for item in hippocampus_inputs(DATA / "Task04_Hippocampus", DEFAULT_SPLIT, None):
-        truth, cells = item.labels > 0, []
+        truth, cells, results = item.labels > 0, [], []
         for name, run in runners.items():
             predicted = run(item)["labels"] > 0
+            results.append(predicted)
             scores = {shift: dice(shifted(predicted, shift), truth) for shift in SHIFTS}
             best = max(scores, key=scores.get)
             unmoved = dice(predicted, truth)
             gain = max(0.0, scores[best] - unmoved)
             gains[name].append(gain)
             cells.append(f"{unmoved:.4f} | {best if gain else '-'} | {max(unmoved, scores[best]):.4f} | {gain:.4f}")
+        if args.unet:  # two models trained apart: do they agree with each other more than with the labels?
+            cells.append(f"{dice(*results):.4f}")
         print(f"| {item.case_id} | " + " | ".join(cells) + " |", flush=True)
     for name, values in gains.items():
         print(f"\n{name}: {sum(g > 0 for g in values)} of {len(values)} cases score better moved by one voxel")

@@ -33,8 +33,7 @@ from EfficientSegmentationCommon.errors import InputVolumeError, describe_node
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import KJISlices, crop_to_roi
 from EfficientSegmentationCommon.input_files import check_source_files
-from EfficientSegmentationCommon.input_checks import (SKULL_STRIPPED, background_value, brain_overlap_warning,
-                                                      check_inputs, empty_result_warning)
+from EfficientSegmentationCommon.input_checks import background_value, check_inputs, empty_result_warning
 from EfficientSegmentationCommon.model_choice import RegistryLogic
 from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
@@ -159,7 +158,7 @@ class OSSNetSegmentLogic(RegistryLogic):
         self._check_count(volumes, entry)
         arrays = [array_from_volume(volume) for volume in volumes]  # checks each: 3D, scalar, finite
         warnings = check_source_files(volumes)  # damaged files, transforms, one file twice
-        # content: no label map or constant volume, the card's requirements, FLAIR and T1c in order
+        # content: no label map or constant volume, the card's requirements, FLAIR and T1c in order, one brain
         warnings += check_inputs([image for image, _ in arrays], [geometry for _, geometry in arrays],
                               [volume.GetName() for volume in volumes], entry.inputs, entry.input_requirements,
                               named_as=is_input)
@@ -179,10 +178,6 @@ class OSSNetSegmentLogic(RegistryLogic):
                 details.append(f"The {name} volume {describe_node(volume)} is stored on another grid: {how} onto "
                                f"the grid of {describe_node(volumes[0])}.")
             images.append(image)
-        if SKULL_STRIPPED in entry.input_requirements:  # do they show one brain?
-            overlap = brain_overlap_warning([image for image, _ in arrays], [geometry for _, geometry in arrays],
-                                            entry.inputs, [volume.GetName() for volume in volumes])
-            warnings += [overlap] if overlap else []
         del arrays
         crop = None
         if roi is not None:

@@ -19,6 +19,7 @@ from EfficientSegmentationCommon.input_checks import (
     brain_overlap_warning,
     brain_requirement_warnings,
     check_distinct_inputs,
+    check_inputs,
     check_image_content,
     empty_result_warning,
     foreground_mask,
@@ -195,6 +196,20 @@ def test_scans_of_different_patients_or_unregistered_are_flagged():
     assert "do not show the same brain" in brain_overlap_warning([flair, t1c], [grid, moved], INPUTS, ["f", "t"])
     moved = VolumeGeometry.compose(grid.shape_kji, grid.spacing, (1.0, 0.0, 0.0))
     assert brain_overlap_warning([flair, t1c], [grid, moved], INPUTS, ["f", "t"]) is None
+
+
+def test_brain_overlap_is_judged_only_when_both_scans_are_skull_stripped():
+    """``check_inputs`` gives the overlap warning for another patient's T1c; for a head (not
+    skull-stripped: its mask holds scalp and skull) it gives the skull-stripping warning alone."""
+    flair, t1c = (brats("brats_2013_pat0006_1", INPUT_FILES[name]) for name in INPUTS)
+    other = brats("brats_2013_pat0001_1", INPUT_FILES["T1c"])
+    grid = VolumeGeometry.compose(flair.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    warnings = check_inputs([flair, other], [grid, grid], ["Flair", "T1c"], INPUTS, REQUIREMENTS, is_input)
+    assert len(warnings) == 1 and "do not show the same brain" in warnings[0]
+    warnings = check_inputs([with_skull(flair, False), t1c], [grid, grid], ["Flair", "T1c"], INPUTS, REQUIREMENTS,
+                            is_input)
+    assert "has a bright outer layer" in warnings[0]
+    assert not any("do not show the same brain" in warning for warning in warnings)
 
 
 def test_a_t1c_stored_at_another_resolution_shows_the_same_brain():

@@ -251,6 +251,12 @@ def brain_requirement_warnings(features: BrainFeatures, description: str, requir
     return warnings
 
 
+def looks_skull_stripped(features: BrainFeatures) -> bool:
+    """Whether an image with ``features`` meets the ``SKULL_STRIPPED`` requirement: the checks
+    measured on skull-stripped brains (contrast, brain overlap) mean nothing in a head."""
+    return not brain_requirement_warnings(features, "", (SKULL_STRIPPED,))
+
+
 def modality_order_problems(features: Sequence[BrainFeatures], input_names: Sequence[str],
                             volume_names: Sequence[str], named_as: Callable[[str, str], bool]) -> tuple[list[str], str | None]:
     """Check that a FLAIR and a contrast T1 were given in the card's order: (warnings, error).
@@ -285,7 +291,7 @@ def modality_order_problems(features: Sequence[BrainFeatures], input_names: Sequ
     flair = names.index("flair")
     t1 = next(index for index, name in enumerate(names) if name.startswith("t1"))
     f, t = features[flair], features[t1]
-    stripped = not any(brain_requirement_warnings(measured, "", (SKULL_STRIPPED,)) for measured in (f, t))
+    stripped = looks_skull_stripped(f) and looks_skull_stripped(t)
     contrast_swapped = stripped and f.tail_width < t.tail_width
     names_right = named_as(volume_names[flair], input_names[flair]) and named_as(volume_names[t1], input_names[t1])
     names_swapped = (named_as(volume_names[flair], input_names[t1]) and named_as(volume_names[t1], input_names[flair])
@@ -388,7 +394,9 @@ def check_inputs(images: Sequence[np.ndarray], geometries: Sequence[VolumeGeomet
     ``inputRequirements``; ``named_as(volume_name, input_name)`` tells whether a name marks a
     volume as an input (None: names are not judged). Refused: a constant volume, a label map or
     mask, one image for two inputs, FLAIR and T1 swapped by both names and contrast. Warned:
-    each failed requirement, a swap that only one kind of evidence shows.
+    each failed requirement, a swap that only one kind of evidence shows, and skull-stripped
+    inputs that do not show the same brain (``brain_overlap_warning``; judged only when every
+    input looks skull-stripped, as a head's mask is not its brain).
     """
     names = list(input_names) if len(input_names) == len(images) else [None] * len(images)
     for image, input_name, volume_name in zip(images, names, volume_names, strict=True):
@@ -404,6 +412,9 @@ def check_inputs(images: Sequence[np.ndarray], geometries: Sequence[VolumeGeomet
     warnings = []
     for measured, input_name, volume_name in zip(features, names, volume_names, strict=True):
         warnings += brain_requirement_warnings(measured, describe_input(input_name, volume_name), requirements)
+    if SKULL_STRIPPED in requirements and len(images) > 1 and all(map(looks_skull_stripped, features)):
+        overlap = brain_overlap_warning(images, geometries, [name or "input" for name in names], volume_names)
+        warnings += [overlap] if overlap else []
     if wants_order:
         order_warnings, error = modality_order_problems(features, names, volume_names,
                                                         named_as or (lambda volume, name: False))

@@ -33,7 +33,8 @@ from EfficientSegmentationCommon.errors import InputVolumeError, describe_node
 from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import KJISlices, crop_to_roi
 from EfficientSegmentationCommon.input_files import check_source_files
-from EfficientSegmentationCommon.input_checks import background_value, check_inputs, empty_result_warning
+from EfficientSegmentationCommon.input_checks import (background_value, check_inputs, empty_result_warning,
+                                                      foreground_mask)
 from EfficientSegmentationCommon.model_choice import RegistryLogic
 from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
@@ -48,9 +49,13 @@ from .resolution import OutputGridPlan, plan_output_grid
 from .settings import OSSNetSettings
 
 ATTRIBUTE_PREFIX = "OSSNet."
-# Second input grids that overlap the first one's box by less than this are a mistake, not a
-# registration detail: resampling would fill most of the volume with zeros.
-MIN_OVERLAP = 0.5
+# A second input whose grid holds less than this share of the first input's brain is a mistake,
+# not a registration detail: most of the brain would have no second sequence. Below
+# FULL_COVERAGE the model still runs, with a warning: where the T1c does not reach it sees none.
+# Measured on the brain, not the box: a T1c cropped to its brain covers less than half of the
+# FLAIR's 240 x 240 x 155 box and was refused (a fresh-user trial).
+MIN_BRAIN_COVERAGE = 0.5
+FULL_COVERAGE = 0.99
 
 
 @dataclass
@@ -97,11 +102,17 @@ class OSSNetResult:
     details: list[str] = field(default_factory=list)  # e.g. "The T1c volume ... is stored on another grid: ..."
 
 
-def _overlap(a: VolumeGeometry, b: VolumeGeometry) -> float:
-    """Fraction of ``a``'s bounding box (RAS) that ``b``'s covers."""
-    (a_low, a_high), (b_low, b_high) = a.bounds_ras(), b.bounds_ras()
-    common = np.clip(np.minimum(a_high, b_high) - np.maximum(a_low, b_low), 0, None)
-    return float(np.prod(common) / np.prod(a_high - a_low))
+def brain_coverage(image: np.ndarray, geometry: VolumeGeometry, other: VolumeGeometry) -> float:
+    """Share (0-1) of the brain of ``image`` (KJI array on ``geometry``; its ``foreground_mask``,
+    or every voxel when it has no background) whose voxel centres lie inside the grid ``other``.
+    Every second voxel along each axis is taken: a share, not a count."""
+    mask = foreground_mask(image)[::2, ::2, ::2]
+    if not mask.any():
+        mask = np.ones_like(mask)
+    kji = np.argwhere(mask) * 2
+    ijk = other.ras_to_voxel(geometry.voxel_to_ras(kji[:, ::-1]))
+    inside = np.all((ijk >= -0.5) & (ijk <= np.array(other.shape_ijk) - 0.5), axis=1)
+    return float(inside.mean())
 
 
 class OSSNetSegmentLogic(RegistryLogic):
@@ -167,13 +178,18 @@ class OSSNetSegmentLogic(RegistryLogic):
         details = []
         for volume, (image, geometry), name in zip(volumes[1:], arrays[1:], entry.inputs[1:], strict=True):
             if not geometry.matches(reference, atol=1e-4):
-                if _overlap(reference, geometry) < MIN_OVERLAP:
+                coverage = brain_coverage(reference_image, reference, geometry)
+                covering = (f"The {name} volume {describe_node(volume)} covers {coverage:.0%} of the brain in the "
+                            f"{entry.inputs[0]} volume {describe_node(volumes[0])}")
+                if coverage < MIN_BRAIN_COVERAGE:
                     raise InputVolumeError(
-                        f"The {name} volume {describe_node(volume)} does not cover the {entry.inputs[0]} volume "
-                        f"{describe_node(volumes[0])} (they share less than {MIN_OVERLAP:.0%} of its box), so it "
-                        "cannot be resampled onto it: select the matching scan of the same patient, or register "
-                        "the two first.")
-                how = "its voxels were reordered" if same_voxel_centres(geometry, reference) else "it was resampled"
+                        f"{covering}: too little, as the model needs both sequences across the brain. Select the "
+                        "matching scan of the same patient, or register the two first.")
+                if coverage < FULL_COVERAGE:
+                    warnings.append(f"{covering}: where it does not reach, the model sees no {name}, and tumour "
+                                    f"there may be missed. Give a {name} scan that covers the whole brain.")
+                how = ("its voxels were copied (no interpolation)" if same_voxel_centres(geometry, reference)
+                       else "it was resampled (linear interpolation)")
                 image = resample(image, geometry, reference, order=1, fill=background_value(image))
                 details.append(f"The {name} volume {describe_node(volume)} is stored on another grid: {how} onto "
                                f"the grid of {describe_node(volumes[0])}.")

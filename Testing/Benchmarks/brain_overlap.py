@@ -4,9 +4,10 @@
 
 For each BraTS case (``../shared/data/BraTS_sample``) the FLAIR is the reference and the same
 patient's T1c is given as stored; stored at 1.5, 2 and 3 mm and in 5 mm slices (resampled
-linearly, the background beyond kept); moved 1, 2, 3, 6 and 10 mm to the right in its header
-(a scan not registered to the FLAIR); and, in the last row, every other case's T1c (another
-patient). ``input_checks.MIN_BRAIN_OVERLAP`` is chosen between the rows that must pass and those
+linearly, the background beyond kept); stored at 2 mm and resampled back onto its 1 mm grid
+after skull-stripping (its edge blurred: a known false warning); cropped to its brain (2 mm
+around it); moved 1, 2, 3, 6 and 10 mm along R, A and S in its header (a scan not registered to
+the FLAIR); and, in the last row, every other case's T1c (another patient). ``input_checks.MIN_BRAIN_OVERLAP`` is chosen between the rows that must pass and those
 that must warn.
 """
 
@@ -39,10 +40,20 @@ def variants(t1c: np.ndarray, geometry: VolumeGeometry):
     for spacing in [(1.5, 1.5, 1.5), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0), (1.0, 1.0, 5.0)]:
         coarse = geometry.with_spacing(spacing)
         yield f"stored at {spacing} mm", resample(t1c, geometry, coarse, fill=float(t1c.min())), coarse
+    coarse = geometry.with_spacing((2.0, 2.0, 2.0))
+    back = resample(resample(t1c, geometry, coarse, fill=float(t1c.min())), coarse, geometry, fill=float(t1c.min()))
+    yield "2 mm, resampled back to 1 mm", back, geometry
+    brain = np.argwhere(t1c > t1c.min())
+    low, high = np.maximum(brain.min(axis=0) - 2, 0), np.minimum(brain.max(axis=0) + 3, t1c.shape)
+    box = geometry.ijk_to_ras.copy()
+    box[:3, 3] = geometry.voxel_to_ras(low[::-1])
+    yield "cropped to its brain", t1c[tuple(slice(a, b) for a, b in zip(low, high, strict=True))], \
+        VolumeGeometry(box, tuple(int(n) for n in high - low))
     for mm in [1, 2, 3, 6, 10]:
-        moved = geometry.ijk_to_ras.copy()
-        moved[0, 3] += mm
-        yield f"{mm} mm off (header)", t1c, VolumeGeometry(moved, geometry.shape_kji)
+        for axis in range(3):  # moved along R, A, S
+            moved = geometry.ijk_to_ras.copy()
+            moved[axis, 3] += mm
+            yield f"{mm} mm off (header)", t1c, VolumeGeometry(moved, geometry.shape_kji)
 
 
 def main() -> int:

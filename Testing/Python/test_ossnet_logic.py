@@ -155,7 +155,7 @@ def test_bad_inputs_fail_with_a_message_naming_the_problem(scene, logic, case):
         logic.segment([None, t1c])
     far = write_scalar_volume(scene, array_from_volume(t1c)[0], VolumeGeometry.compose(
         (155, 240, 240), (1.0, 1.0, 1.0), (600.0, 0.0, 0.0)), "T1c far away")
-    with pytest.raises(InputVolumeError, match="T1c volume 'T1c far away' does not cover the FLAIR volume"):
+    with pytest.raises(InputVolumeError, match="T1c volume 'T1c far away' covers 0% of the brain in the FLAIR volume"):
         logic.segment([flair, far])
     flat = write_scalar_volume(scene, np.zeros((1, 240, 240), np.float32), VolumeGeometry.compose(
         (1, 240, 240), (1.0, 1.0, 1.0)), "one slice")
@@ -202,8 +202,36 @@ def test_a_t1c_stored_at_2_mm_is_resampled_without_a_warning(scene, logic, case,
     stored = write_scalar_volume(scene, resample(voxels, geometry, coarse, fill=float(voxels.min())), coarse, "T1c 2 mm")
     result = logic.segment([flair, stored], roi=tumour_roi(scene, flair, truth))
     assert not any("do not show the same brain" in warning for warning in result.warnings), result.warnings
-    assert result.details == ["The T1c volume 'T1c 2 mm' is stored on another grid: it was resampled onto the grid "
-                              "of 'Flair_subtrMeanDivStd'."]
+    assert result.details == ["The T1c volume 'T1c 2 mm' is stored on another grid: it was resampled (linear "
+                              "interpolation) onto the grid of 'Flair_subtrMeanDivStd'."]
+
+
+def test_a_t1c_cropped_to_its_brain_is_used_and_one_cut_short_is_warned_of(scene, logic, case, truth):
+    """A fresh-user trial: a T1c cropped to 10 mm around its brain (45% of the FLAIR's box) was
+    refused as not covering the FLAIR. Cropped to 2 mm around the brain it gives the same labels
+    (beyond it the background is filled in); cut a quarter short it runs with a warning saying how
+    much of the brain it covers."""
+    flair, t1c = case
+    voxels, geometry = array_from_volume(t1c)
+    brain = np.argwhere(voxels > voxels.min())
+    low, high = np.maximum(brain.min(axis=0) - 2, 0), np.minimum(brain.max(axis=0) + 3, voxels.shape)
+    three_quarters = low[2] + 3 * (high[2] - low[2]) // 4
+    roi = tumour_roi(scene, flair, truth)
+    uncropped = logic.segment(case, roi=roi)
+    for name, stop_i in (("T1c cropped", high[2]), ("T1c cut short", three_quarters)):
+        box = (slice(low[0], high[0]), slice(low[1], high[1]), slice(low[2], stop_i))
+        matrix = geometry.ijk_to_ras.copy()
+        matrix[:3, 3] = geometry.voxel_to_ras(np.array([low[2], low[1], low[0]]))
+        crop = VolumeGeometry(matrix, tuple(b.stop - b.start for b in box))
+        cropped = write_scalar_volume(scene, np.ascontiguousarray(voxels[box]), crop, name)
+        result = logic.segment([flair, cropped], roi=roi)
+        coverage = [w for w in result.warnings if "of the brain in the FLAIR volume" in w]
+        if name == "T1c cropped":
+            assert result.warnings == [] and np.array_equal(result.labels, uncropped.labels)
+        else:
+            assert len(coverage) == 1 and coverage[0].startswith("The T1c volume 'T1c cut short' covers ")
+            assert "Give a T1c scan that covers the whole brain" in coverage[0]
+            assert not any("do not show the same brain" in warning for warning in result.warnings)
 
 
 def test_the_same_scan_stored_ras_gives_the_same_segmentation(scene, logic, case, truth):

@@ -149,7 +149,8 @@ def test_run_summary_reports_grid_decoded_share_and_notes(scene):
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "pat0006 OSS-Net")
     geometry = VolumeGeometry.compose((20, 30, 40), (0.5, 0.5, 0.5))
     result = OSSNetResult(segmentation, geometry, np.ones(geometry.shape_kji, np.uint8), 0.0312, 748, 12.5,
-                          details=["The T1c volume 't1c' is stored on another grid: it was resampled onto the grid of 'flair'."])
+                          details=["The T1c volume 't1c' is stored on another grid: it was resampled (linear "
+                                   "interpolation) onto the grid of 'flair'."])
     text, style = summary_text(run_summary(result))
     assert style == ""  # a resampled input is a fact about the run, not a warning
     assert text.splitlines()[0] == "Done in 12 s: 'pat0006 OSS-Net'."

@@ -257,7 +257,7 @@ def segment(model: OSSNet, images: Sequence[np.ndarray], spacing: Sequence[float
         indices = np.argwhere(to_decode)
         del to_decode
         span = (0.1 + 0.9 * level / len(strides), 0.1 + 0.9 * (level + 1) / len(strides))
-        message = f"level {level + 1}/{len(strides)} (every {stride} voxels): {len(indices)} points"
+        message = f"level {level + 1}/{len(strides)} (every {stride} voxel{'s' if stride > 1 else ''}): {len(indices)} points"
         values = decoder(positions_of(indices, stride), len(indices),
                          lambda f, span=span, message=message: report(span[0] + (span[1] - span[0]) * f, message))
         if len(indices):

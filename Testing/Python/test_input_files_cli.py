@@ -448,9 +448,20 @@ def test_a_result_that_fails_while_written_leaves_no_file(tmp_path, monkeypatch)
 
     monkeypatch.setattr(batch, "write_labels", failing_write)
     result = dataclasses.make_dataclass("Result", ["labels", "geometry", "segmentation"])(None, None, None)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match=f"The result could not be written to '{path}': No space left on device. "
+                                      "Check that the output folder"):
         batch.write_result(result, path)
     assert [p.name for p in tmp_path.iterdir()] == ["case.nii.gz"] and path.read_bytes() == b"earlier result"
+    # a folder in the result's way (a fresh-user trial: the message named the hidden partial file)
+    monkeypatch.undo()
+    blocked = tmp_path / "blocked.nii.gz"
+    blocked.mkdir()
+    labels = np.zeros((2, 3, 4), np.uint8)
+    result = dataclasses.make_dataclass("Result", ["labels", "geometry", "segmentation"])(
+        labels, VolumeGeometry.compose(labels.shape, (1.0, 1.0, 1.0)), None)
+    with pytest.raises(OSError, match=f"The result could not be written to '{blocked}': Is a directory"):
+        batch.write_result(result, blocked)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked.nii.gz", "case.nii.gz"]
 
 
 def test_small_message_fixes(tmp_path, capsys):

@@ -90,9 +90,10 @@ def write_result(result, path: Path, reference_volume=None, inputs: Sequence[str
     output grid the user chose).
 
     Raises InputVolumeError, writing nothing, when ``path`` is one of the ``inputs`` files (e.g.
-    ``-o .`` and ``--format nii.gz`` beside ``scan.nii.gz``): the input is never overwritten.
+    ``-o .`` and ``--format nii.gz`` beside ``scan.nii.gz``): the input is never overwritten;
+    OutputError, leaving any earlier result whole, when the result cannot be written there.
     """
-    from .errors import InputVolumeError
+    from .errors import InputVolumeError, OutputError
 
     for given in inputs:
         if path.exists() and os.path.samefile(path, given):
@@ -108,6 +109,9 @@ def write_result(result, path: Path, reference_volume=None, inputs: Sequence[str
         else:
             write_labels(result.labels, result.geometry, partial, reference_volume)
         os.replace(partial, path)
+    except OSError as error:
+        raise OutputError(f"The result could not be written to '{path}': {error.strerror or error}. Check that the "
+                          "output folder (-o) is writable, has space, and holds no folder of that name.") from error
     finally:
         if partial.exists():
             partial.unlink()
@@ -250,7 +254,7 @@ def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], name
 
     ``names`` (item -> name) names the items in the report (default: the item's base name).
     """
-    from .errors import InputVolumeError
+    from .errors import InputVolumeError, OutputError
 
     outcomes = []
     interrupted = False
@@ -262,7 +266,8 @@ def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], name
             outcome = BatchOutcome((names or {}).get(item, os.path.basename(item)), False,
                                    "interrupted (Ctrl-C); nothing was written for it")
         except Exception as error:  # one bad input must not stop the others
-            detail = str(error) if isinstance(error, InputVolumeError) else f"{type(error).__name__}: {error}"
+            shown_as_is = isinstance(error, (InputVolumeError, OutputError))
+            detail = str(error) if shown_as_is else f"{type(error).__name__}: {error}"
             outcome = BatchOutcome((names or {}).get(item, os.path.basename(item)), False, detail)
         outcomes.append(outcome)
         status = "FAILED" if not outcome.ok else "CHECK " if outcome.warnings else "ok    "

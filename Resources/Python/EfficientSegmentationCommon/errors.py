@@ -11,6 +11,11 @@ class InputVolumeError(ValueError):
     """
 
 
+class OutputError(OSError):
+    """A result could not be written (a full disk, no permission, a folder in the way); the
+    message names the result's path, not the hidden file it was being written to first."""
+
+
 class CancelledError(Exception):
     """The user cancelled a running job.
 

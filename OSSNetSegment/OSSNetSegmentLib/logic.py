@@ -183,8 +183,8 @@ class OSSNetSegmentLogic(RegistryLogic):
                             f"{entry.inputs[0]} volume {describe_node(volumes[0])}")
                 if coverage < MIN_BRAIN_COVERAGE:
                     raise InputVolumeError(
-                        f"{covering}: too little, as the model needs both sequences across the brain. Select the "
-                        "matching scan of the same patient, or register the two first.")
+                        f"{covering}: too little, as the model needs both sequences across the brain. Select a "
+                        f"{name} scan of the same patient that covers the whole brain, or register the two first.")
                 if coverage < FULL_COVERAGE:
                     warnings.append(f"{covering}: where it does not reach, the model sees no {name}, and tumour "
                                     f"there may be missed. Give a {name} scan that covers the whole brain.")

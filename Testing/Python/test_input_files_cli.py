@@ -9,6 +9,7 @@ over all recipes, so the file stays fast; each test checks one recipe's outcome.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import os
 import re
@@ -442,9 +443,9 @@ def test_a_result_that_fails_while_written_leaves_no_file(tmp_path, monkeypatch)
     path = tmp_path / "case.nii.gz"
     path.write_bytes(b"earlier result")
 
-    def failing_write(labels, geometry, target, reference=None):
+    def failing_write(labels, geometry, target, reference=None):  # as input_files.save_labels_nifti fails
         Path(target).write_bytes(b"half")
-        raise OSError("No space left on device")
+        raise OSError(f"Could not write label map to '{target}'") from OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(batch, "write_labels", failing_write)
     result = dataclasses.make_dataclass("Result", ["labels", "geometry", "segmentation"])(None, None, None)

@@ -110,12 +110,23 @@ def write_result(result, path: Path, reference_volume=None, inputs: Sequence[str
             write_labels(result.labels, result.geometry, partial, reference_volume)
         os.replace(partial, path)
     except OSError as error:
-        raise OutputError(f"The result could not be written to '{path}': {error.strerror or error}. Check that the "
-                          "output folder (-o) is writable, has space, and holds no folder of that name.") from error
+        raise OutputError(f"The result could not be written to '{path}': {_write_failure_reason(error)}. Check that "
+                          "the output folder (-o) is writable, has space, and holds no folder of that name.") from error
     finally:
         if partial.exists():
             partial.unlink()
     return path
+
+
+def _write_failure_reason(error: BaseException | None) -> str:
+    """The operating system's reason for a failed write ("No space left on device"), taken along
+    the chain of errors so that the hidden files written first are not named; a plain reason when
+    none gives one (VTK's writers do not)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror
+        error = error.__cause__ or error.__context__
+    return "the file could not be written"
 
 
 def write_labels(labels_kji, geometry, path: Path, reference_volume=None) -> Path:

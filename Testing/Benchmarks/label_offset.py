@@ -1,17 +1,18 @@
 """Is a poor result the wrong shape, or the right shape one voxel away? Prints a table.
 
     PYTHONPATH=Resources/Python:MedNCASegment:OSSNetSegment:Testing/Benchmarks \
-        python Testing/Benchmarks/label_offset.py [--nca WEIGHTS] [--unet WEIGHTS] [--threads 1]
+        python Testing/Benchmarks/label_offset.py [--nca WEIGHTS] [--unet WEIGHTS] [--part train]
 
-Each validation case (``hippocampus_split.json``) is segmented clean by Med-NCA as in the
-robustness benchmark (``robustness_benchmark.nca_runner``: 10 runs, seed 0); its foreground is
-moved by each of the 26 one-voxel shifts (KJI, voxels falling off the edge dropped) and scored
-against the expert labels (``metrics.dice``). A case whose best shift is not zero, and gains
-much, is segmented in the right shape one voxel (1 mm) from its labels: the runs agree on it,
-so no signal drawn from their disagreement flags it (RESULTS.md, issue 14). With ``--unet`` the
-2D UNet baseline (``robustness_benchmark.unet_runner``), trained apart from Med-NCA, is scored the
-same way beside it, and the two results against each other: where both are off the labels by the
-same voxel and agree with each other, the labels are the likelier to be off.
+Each validation case (``hippocampus_split.json``; with ``--part train`` each training case) is
+segmented clean by Med-NCA as in the robustness benchmark (``robustness_benchmark.nca_runner``:
+10 runs, seed 0); its foreground is moved by each of the 26 one-voxel shifts (KJI, voxels
+falling off the edge dropped) and scored against the expert labels (``metrics.dice``). A case
+whose best shift is not zero, and gains much, is segmented in the right shape one voxel (1 mm)
+from its labels: the runs agree on it, so no signal drawn from their disagreement flags it
+(RESULTS.md, issue 14). With ``--unet`` the 2D UNet baseline (``robustness_benchmark.unet_runner``),
+trained apart from Med-NCA, is scored the same way beside it, and the two results against each
+other: where both are off the labels by the same voxel and agree with each other, the labels
+are the likelier to be off.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nca", type=Path, default=DEFAULT_NCA, help="Med-NCA weights (default: the shipped model)")
     parser.add_argument("--unet", type=Path, default=None,
                         help="UNet baseline weights (unet_baseline.py): its results are shifted and scored too")
+    parser.add_argument("--part", choices=("validation", "train"), default="validation",
+                        help="the split's cases to score (train: the labels both models learnt from; "
+                             "default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                                    for name in runners) + agreement + " |")
     print("|---|" + "---:|---|---:|---:|" * len(runners) + ("---:|" if args.unet else ""))
     gains: dict[str, list[float]] = {name: [] for name in runners}
-    for item in hippocampus_inputs(DATA / "Task04_Hippocampus", DEFAULT_SPLIT, None):
+    for item in hippocampus_inputs(DATA / "Task04_Hippocampus", DEFAULT_SPLIT, None, part=args.part):
         truth, cells, results = item.labels > 0, [], []
         for name, run in runners.items():
             predicted = run(item)["labels"] > 0

@@ -291,10 +291,12 @@ def threshold_for_sensitivity(scores: Sequence[float], positive: Sequence[bool],
 # ---------------------------------------------------------------------------------------------
 # Models
 
-def hippocampus_inputs(data: Path, split: Path, count: int | None, skip: int = 0) -> list[Input]:
+def hippocampus_inputs(data: Path, split: Path, count: int | None, skip: int = 0, part: str = "validation") -> list[Input]:
+    """The cases of one ``part`` of the split ("validation" or "train"), from the ``skip``-th on,
+    at most ``count`` of them (None: all)."""
     from MedNCASegmentLib.data import load_case
 
-    ids = json.loads(split.read_text())["validation"][skip:]
+    ids = json.loads(split.read_text())[part][skip:]
     ids = ids[:count] if count else ids
     return [Input(c.case_id, [c.image], c.labels, (1.0, 1.0, 1.0)) for c in (load_case(data, i) for i in ids)]
 

@@ -7,8 +7,9 @@ patient's T1c is given as stored; stored at 1.5, 2 and 3 mm and in 5 mm slices (
 linearly, the background beyond kept); stored at 2 mm and resampled back onto its 1 mm grid
 after skull-stripping (its edge blurred: a known false warning); cropped to its brain (2 mm
 around it); moved 1, 2, 3, 6 and 10 mm along R, A and S in its header (a scan not registered to
-the FLAIR); and, in the last row, every other case's T1c (another patient). ``input_checks.MIN_BRAIN_OVERLAP`` is chosen between the rows that must pass and those
-that must warn.
+the FLAIR); and, in the last row, every other case's T1c (another patient).
+``input_checks.MIN_BRAIN_OVERLAP`` is chosen between the rows that must pass and those that must
+warn.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from EfficientSegmentationCommon.geometry import VolumeGeometry
+from EfficientSegmentationCommon.grids import crop_to_corners
 from EfficientSegmentationCommon.input_checks import MIN_BRAIN_OVERLAP, brain_overlap
 from EfficientSegmentationCommon.resampling import resample
 from OSSNetSegmentLib.data import INPUT_FILES
@@ -43,12 +45,10 @@ def variants(t1c: np.ndarray, geometry: VolumeGeometry):
     coarse = geometry.with_spacing((2.0, 2.0, 2.0))
     back = resample(resample(t1c, geometry, coarse, fill=float(t1c.min())), coarse, geometry, fill=float(t1c.min()))
     yield "2 mm, resampled back to 1 mm", back, geometry
-    brain = np.argwhere(t1c > t1c.min())
-    low, high = np.maximum(brain.min(axis=0) - 2, 0), np.minimum(brain.max(axis=0) + 3, t1c.shape)
-    box = geometry.ijk_to_ras.copy()
-    box[:3, 3] = geometry.voxel_to_ras(low[::-1])
-    yield "cropped to its brain", t1c[tuple(slice(a, b) for a, b in zip(low, high, strict=True))], \
-        VolumeGeometry(box, tuple(int(n) for n in high - low))
+    brain_ijk = np.argwhere(t1c > t1c.min())[:, ::-1]
+    corners = geometry.voxel_to_ras(np.array([brain_ijk.min(axis=0) - 2, brain_ijk.max(axis=0) + 2]))
+    box, cropped = crop_to_corners(geometry, corners, "the brain")
+    yield "cropped to its brain", t1c[box], cropped
     for mm in [1, 2, 3, 6, 10]:
         for axis in range(3):  # moved along R, A, S
             moved = geometry.ijk_to_ras.copy()

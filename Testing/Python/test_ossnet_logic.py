@@ -22,6 +22,7 @@ import pytest
 
 from EfficientSegmentationCommon.errors import CancelledError, InputVolumeError
 from EfficientSegmentationCommon.geometry import VolumeGeometry
+from EfficientSegmentationCommon.grids import crop_to_corners
 from EfficientSegmentationCommon.metrics import dice
 from EfficientSegmentationCommon.progress import CancelRequest
 from EfficientSegmentationCommon.registry import ModelRegistry
@@ -201,16 +202,14 @@ def test_a_t1c_cropped_to_its_brain_is_used_and_one_cut_short_is_warned_of(scene
     much of the brain it covers."""
     flair, t1c = case
     voxels, geometry = array_from_volume(t1c)
-    brain = np.argwhere(voxels > voxels.min())
-    low, high = np.maximum(brain.min(axis=0) - 2, 0), np.minimum(brain.max(axis=0) + 3, voxels.shape)
-    three_quarters = low[2] + 3 * (high[2] - low[2]) // 4
+    brain_ijk = np.argwhere(voxels > voxels.min())[:, ::-1]
+    low, high = brain_ijk.min(axis=0) - 2, brain_ijk.max(axis=0) + 2  # 2 mm around the brain
+    three_quarters = low[0] + 3 * (high[0] - low[0]) // 4
     roi = tumour_roi(scene, flair, truth)
     uncropped = logic.segment(case, roi=roi)
-    for name, stop_i in (("T1c cropped", high[2]), ("T1c cut short", three_quarters)):
-        box = (slice(low[0], high[0]), slice(low[1], high[1]), slice(low[2], stop_i))
-        matrix = geometry.ijk_to_ras.copy()
-        matrix[:3, 3] = geometry.voxel_to_ras(np.array([low[2], low[1], low[0]]))
-        crop = VolumeGeometry(matrix, tuple(b.stop - b.start for b in box))
+    for name, last_i in (("T1c cropped", high[0]), ("T1c cut short", three_quarters)):
+        corners = geometry.voxel_to_ras(np.array([low, [last_i, high[1], high[2]]]))
+        box, crop = crop_to_corners(geometry, corners, name)
         cropped = write_scalar_volume(scene, np.ascontiguousarray(voxels[box]), crop, name)
         result = logic.segment([flair, cropped], roi=roi)
         coverage = [w for w in result.warnings if "of the brain in the FLAIR volume" in w]

@@ -78,6 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mednca-segment: --volumes {args.volumes} is also an input; name another file for the table "
               "(it would be written over, or read as a scan)", file=sys.stderr)
         return 2
+    if args.volumes:
+        try:  # the table is written last: a folder it cannot go into is said before the runs
+            batch.check_output_folder(args.volumes.absolute().parent, "--volumes")
+        except ValueError as error:
+            print(f"mednca-segment: {error}", file=sys.stderr)
+            return 2
     inputs, skipped = batch.skip_segmentations(args.inputs)
     inputs, names, notes = batch.unique_names(inputs, name_from_path)
     notes = skipped + notes
@@ -91,10 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = {"input": path, "status": "failed", "likely failure": "", "mode": ""}
         rows.append(row)  # before loading: an input that cannot be read has its row too
         try:
+            target = batch.output_path(args.output_dir, names[path], args.format)  # the volume's name
+            batch.check_target(target)
             volume = load_volume(scene, path, names[path])
             roi = manual_roi(scene, args.roi) if args.roi else None
             result = logic.segment(volume, settings, roi=roi, progressCallback=batch.ProgressBar(volume.GetName()))
-            target = batch.output_path(args.output_dir, volume.GetName(), args.format)
             replaced = batch.replacing(target)
             written = batch.write_result(result, target, volume, inputs)
             scored = all(score is not None for score in result.quality.values())
@@ -112,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return batch.BatchOutcome(volume.GetName(), True,
                                       f"{written} ({result.seconds:.1f} s, {result.mode} mode; "
                                       f"{result.volumes.summary()}; quality score NQM: {quality})",
-                                      result.seconds, result.warnings, replaced)
+                                      result.seconds, result.warnings, [*result.details, *replaced])
         except KeyboardInterrupt:
             row["warnings"] = "interrupted (Ctrl-C)"
             raise

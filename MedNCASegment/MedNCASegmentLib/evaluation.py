@@ -84,13 +84,14 @@ def summarize(rows: list[dict]) -> dict:
 
 def write_card(model_path: Path, split_path: Path, runs: int, seed: int, rows: list[dict], summary: dict,
                training_hardware: str | None = None, training_note: str | None = None,
-               structure_spread_threshold: float | None = None) -> Path:
+               structure_spread_threshold: float | None = None, max_spacing_mm: float | None = None) -> Path:
     """Write <weights>.json (registry) and <weights>.md (people) beside the weights.
 
     The JSON also carries what the registry needs to use the file as a user's own model
     (inputs, segments, spacing, quality warning thresholds). ``structure_spread_threshold`` comes
     from the robustness benchmark (``Testing/Benchmarks/robustness_benchmark.py``, which has the
-    failures the validation split lacks); None leaves it out."""
+    failures the validation split lacks), ``max_spacing_mm`` (mm) from
+    ``Testing/Benchmarks/thick_slice_scans.py``; None leaves either out."""
     model, metadata = load_model(model_path)
     split = read_split(split_path)
     card = {
@@ -105,6 +106,7 @@ def write_card(model_path: Path, split_path: Path, runs: int, seed: int, rows: l
         "quality_warning_threshold": summary["quality_warning_threshold"],
         **({"structure_spread_warning_threshold": structure_spread_threshold}
            if structure_spread_threshold is not None else {}),
+        **({"max_spacing_mm": max_spacing_mm} if max_spacing_mm is not None else {}),
         "config": model.config.to_dict(),
         "parameters": model.parameter_count,
         "file_bytes": model_path.stat().st_size,
@@ -158,6 +160,9 @@ def card_markdown(card: dict) -> str:
                  f"{card['structure_spread_warning_threshold']} (chosen on clean and corrupted validation inputs "
                  "by Testing/Benchmarks/robustness_benchmark.py)."]
                 if card.get("structure_spread_warning_threshold") is not None else []),
+              *([f"Warning: an input with voxels coarser than {card['max_spacing_mm']} mm along any axis (thick "
+                 "slices; chosen by Testing/Benchmarks/thick_slice_scans.py)."]
+                if card.get("max_spacing_mm") is not None else []),
               f"Inference: {v['seconds_per_volume']} s per volume ({card['evaluation']['hardware']}).", ""]
     return "\n".join(lines)
 
@@ -175,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--training-note", default=None, help="anything the card should say about the training run")
     parser.add_argument("--structure-spread-threshold", type=float, default=None,
                         help="the spread-inside-the-structure warning threshold chosen by the robustness benchmark")
+    parser.add_argument("--max-spacing-mm", type=float, default=None,
+                        help="the coarsest voxel spacing without a warning, chosen by thick_slice_scans.py")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = evaluate_cases(args.weights, args.data, read_split(args.split)["validation"], args.runs, args.seed)
@@ -182,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=1))
     print("card:", write_card(args.weights, args.split, args.runs, args.seed, rows, summary,
                                      args.training_hardware or hardware_description(), args.training_note,
-                                     args.structure_spread_threshold))
+                                     args.structure_spread_threshold, args.max_spacing_mm))
     return 0
 
 

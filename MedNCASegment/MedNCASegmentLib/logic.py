@@ -36,7 +36,7 @@ from EfficientSegmentationCommon.input_checks import check_inputs, empty_result_
 from EfficientSegmentationCommon.model_choice import RegistryLogic
 from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
-from EfficientSegmentationCommon.resampling import resample
+from EfficientSegmentationCommon.resampling import resample, same_voxel_centres
 from EfficientSegmentationCommon.segmentation_output import write_labels_to_segmentation, write_scalar_volume
 from EfficientSegmentationCommon.settings import settings_from_keywords
 from EfficientSegmentationCommon.torch_setup import check_device
@@ -86,6 +86,9 @@ class MedNCAJob:
     mode: str = "crop"  # "crop" (one hippocampus) or "head" (both, in their boxes)
     boxes: dict[str, HippocampusBox] | None = None  # head mode: the boxes the user placed (else located)
     box_nodes: dict[str, object] | None = None  # their ROI nodes
+    # What is done to the input to read it (resampling onto the model's grid), shown with the
+    # result; not a warning.
+    details: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -125,6 +128,7 @@ class MedNCAResult:
     structure_spread_warning_threshold: float | None = None
     # (low, high) mm^3 per segment name, from the registry (``SegmentSpec.plausible_mm3``)
     plausible_volumes_mm3: dict[str, tuple[float, float]] = field(default_factory=dict)
+    details: list[str] = field(default_factory=list)  # e.g. "The input ... was resampled ..." (``MedNCAJob.details``)
 
     @property
     def nqm_warning_threshold(self) -> float | None:
@@ -292,13 +296,14 @@ class MedNCASegmentLogic(RegistryLogic):
         image, full_geometry = array_from_volume(inputVolume)
         warnings = check_source_files([inputVolume])  # the file it was read from: damage, transforms
         entry = self.model_entry(settings.model)
+        # Its content (a label map, the card's requirements) and its voxels (thick slices).
         warnings += check_inputs([image], [full_geometry], [inputVolume.GetName()], entry.inputs,
-                                 entry.input_requirements)  # its content: a label map, the card's requirements
+                                 entry.input_requirements, max_spacing_mm=entry.max_spacing_mm)
         if roi is not None:
             crop, geometry = crop_to_roi(full_geometry, roi)
             _check_memory(geometry, entry, inputVolume)
             return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image[crop]), geometry, full_geometry,
-                             crop, outputSegmentation, warnings)
+                             crop, outputSegmentation, warnings, details=_resampling_details(geometry, entry, inputVolume))
         mode = "head" if boxes is not None else choose_mode(full_geometry, settings.mode)
         if mode == "crop":
             if choose_mode(full_geometry, "auto") == "head":  # crop forced on a head-sized field of view
@@ -309,7 +314,8 @@ class MedNCASegmentLogic(RegistryLogic):
                                 "whole head, or an ROI box around one hippocampus.")
             _check_memory(full_geometry, entry, inputVolume)
             return MedNCAJob(inputVolume, entry, settings, normalize_intensity(image), full_geometry, full_geometry,
-                             None, outputSegmentation, warnings)
+                             None, outputSegmentation, warnings,
+                             details=_resampling_details(full_geometry, entry, inputVolume))
         if not entry.bilateral_segments:
             raise ModelError(f"Model '{entry.id}' declares no left and right segments (bilateralSegments in its "
                              "registry entry), so it cannot segment a whole head; choose crop mode or an ROI.")
@@ -476,7 +482,8 @@ class MedNCASegmentLogic(RegistryLogic):
                                   structure_spread=inside,
                                   structure_spread_warning_threshold=job.entry.structure_spread_warning_threshold,
                                   plausible_volumes_mm3={spec.name: spec.plausible_mm3 for spec in segments
-                                                         if spec.plausible_mm3 is not None})
+                                                         if spec.plausible_mm3 is not None},
+                                  details=list(job.details))
             # One message per finding: with a score, the likely-failure message names an empty
             # structure or part (and says what to do); after one run the emptiness is said alone.
             if result.likely_failure:
@@ -523,6 +530,22 @@ def _failure_advice(job: MedNCAJob) -> str:
     if job.crop is not None:
         return "check that the ROI box holds one whole hippocampus with a margin; more steps can help."
     return "an ROI box around one hippocampus (--roi with mednca-segment), or more steps, can help."
+
+
+def _resampling_details(geometry: VolumeGeometry, entry: ModelEntry, volume) -> list[str]:
+    """A note when crop mode interpolates the input (``geometry``: the input or its ROI box): its
+    voxels are not the model's (another spacing, or oblique), so it is resampled onto the model's
+    axis-aligned grid and the result back. No note when the voxels are only re-indexed (another
+    voxel order of the same grid)."""
+    model_grid = axis_aligned_grid(geometry, entry.spacing, entry.orientation)
+    if same_voxel_centres(geometry, model_grid):
+        return []
+    voxels = " x ".join(f"{s:.3g}" for s in geometry.spacing)
+    oblique = not np.allclose(np.abs(geometry.direction).max(axis=0), 1.0, atol=1e-4)
+    spacing = " x ".join(f"{s:g}" for s in model_grid.spacing)
+    return [f"The input {describe_node(volume)} ({voxels} mm voxels{', oblique' if oblique else ''}) was resampled "
+            f"onto the model's axis-aligned grid of {spacing} mm voxels (linear interpolation), and the result "
+            "back onto its grid."]
 
 
 def _check_memory(geometry: VolumeGeometry, entry: ModelEntry, volume) -> None:

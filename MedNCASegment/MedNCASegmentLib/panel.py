@@ -84,9 +84,9 @@ def trained_settings(config) -> dict[str, float]:
 
 def run_summary(result) -> RunSummary:
     """What the panel reports about a ``MedNCAResult``: time, volumes, the spread inside the
-    structure, NQM per segment and the logic's warnings (red when it flags a likely failure).
-    After one run the logic gives no score (None per segment) and says why among its warnings,
-    so no score line is shown."""
+    structure, what was done to read the input (resampling), NQM per segment and the logic's
+    warnings (red when it flags a likely failure). After one run the logic gives no score (None
+    per segment) and says why among its warnings, so no score line is shown."""
     scored = all(score is not None for score in result.quality.values())
     spread_line = structure_spread_line(result)
     return RunSummary(
@@ -97,7 +97,7 @@ def run_summary(result) -> RunSummary:
         warning_threshold=result.nqm_warning_threshold,
         warnings=tuple(result.warnings),
         output_name=_name(result.segmentation),
-        details=tuple(volume_lines(result.volumes)) + ((spread_line,) if spread_line else ()),
+        details=(*volume_lines(result.volumes), *((spread_line,) if spread_line else ()), *result.details),
     )
 
 

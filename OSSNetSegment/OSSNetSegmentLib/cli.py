@@ -141,10 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = work[name]
         files = case_files(given, entry.inputs) if isinstance(given, Path) else given
         try:
-            volumes = [load_volume(scene, str(path)) for path in files]
-            result = logic.segment(volumes, settings, progressCallback=batch.ProgressBar(name))
             # nii.gz: on the FLAIR file's own grid when the output grid is that grid (up to voxel order)
             target = batch.output_path(args.output_dir, name, args.format)
+            batch.check_target(target)
+            volumes = [load_volume(scene, str(path)) for path in files]
+            result = logic.segment(volumes, settings, progressCallback=batch.ProgressBar(name))
             replaced = batch.replacing(target)
             path = batch.write_result(result, target, volumes[0], files)
             shape = result.geometry.shape_ijk

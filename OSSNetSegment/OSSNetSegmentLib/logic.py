@@ -172,7 +172,7 @@ class OSSNetSegmentLogic(RegistryLogic):
         # content: no label map or constant volume, the card's requirements, FLAIR and T1c in order, one brain
         warnings += check_inputs([image for image, _ in arrays], [geometry for _, geometry in arrays],
                               [volume.GetName() for volume in volumes], entry.inputs, entry.input_requirements,
-                              named_as=is_input)
+                              named_as=is_input, max_spacing_mm=entry.max_spacing_mm)
         reference_image, reference = arrays[0]
         images = [reference_image]
         details = []

@@ -76,8 +76,33 @@ def test_oblique_anisotropic_input_is_segmented_in_its_own_geometry(scene, logic
     straight_labels = export_segmentation_labels(scene, straight.segmentation, case.volume, entry.segments)
     tilted_labels = export_segmentation_labels(scene, tilted.segmentation, volume, entry.segments)
     assert tilted_labels.shape == oblique.shape_kji
+    assert len(tilted.details) == 1 and "(1 x 1 x 1.3 mm voxels, oblique) was resampled" in tilted.details[0]
+    assert straight.details == []
     reference = dice(straight_labels > 0, case.labels > 0)
     assert dice(tilted_labels > 0, truth > 0) >= reference - 0.05
+
+
+def test_a_thick_slice_scan_is_segmented_with_a_warning(scene, logic) -> None:
+    """The validation crop as a scan of 5 mm slices (each the mean of the five 1 mm slices it
+    covers, placed at their centre): segmented on its own grid, and the result says that its
+    voxels are coarser than the model's ``maxSpacingMm`` and that it was resampled; the 1 mm
+    crop gets neither."""
+    case = load_case(scene, VALIDATION_CASE)
+    entry = logic.model_entry(None)
+    assert entry.max_spacing_mm is not None and entry.max_spacing_mm < 5
+    count = case.image.shape[0] // 5
+    thick = case.image[:count * 5].reshape(count, 5, *case.image.shape[1:]).mean(axis=1)
+    geometry = VolumeGeometry.compose(thick.shape, (1.0, 1.0, 5.0), case.geometry.voxel_to_ras((0, 0, 2)))
+    volume = write_scalar_volume(scene, thick, geometry, "thick slices")
+    result = logic.segment(volume, runs=RUNS)
+    assert result.labels.shape == thick.shape
+    coarse = [w for w in result.warnings if "voxels of 1 x 1 x 5 mm, coarser than the" in w]
+    assert len(coarse) == 1 and f"{entry.max_spacing_mm:g} mm" in coarse[0] and "'thick slices'" in coarse[0]
+    assert result.details == ["The input 'thick slices' (1 x 1 x 5 mm voxels) was resampled onto the model's "
+                              "axis-aligned grid of 1 x 1 x 1 mm voxels (linear interpolation), and the result back "
+                              "onto its grid."]
+    plain = logic.prepare(case.volume)
+    assert not [w for w in plain.warnings if "coarser" in w] and plain.details == []
 
 
 def test_roi_crops_the_input_and_places_the_result_back(scene, logic) -> None:

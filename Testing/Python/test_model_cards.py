@@ -39,6 +39,7 @@ def test_a_good_card_describes_the_model(user_model):
                                                                          ["anterior hippocampus", "posterior hippocampus"])
     assert entry.quality_warning_threshold == values["quality_warning_threshold"]
     assert entry.structure_spread_warning_threshold == values["structure_spread_warning_threshold"]
+    assert entry.max_spacing_mm == values["max_spacing_mm"]
     assert entry.orientation == values["orientation"] == "RAS"
 
 
@@ -65,8 +66,9 @@ def test_a_model_file_keeps_its_training_voxel_order(tmp_path):
     (lambda card: card.pop("segments"), "segments: missing"),
     (lambda card: card.update(quality_warning_threshold=-1), "quality_warning_threshold: -1 is less than or equal"),
     (lambda card: card.update(orientation="ASR"), "orientation: 'ASR' does not match"),
+    (lambda card: card.update(max_spacing_mm=0), "max_spacing_mm: 0 is less than or equal to the minimum of 0"),
 ], ids=["segment without colour", "zero spacing", "negative spacing", "two-number colour", "no segments",
-        "negative threshold", "orientation out of order"])
+        "negative threshold", "orientation out of order", "zero coarsest spacing"])
 def test_a_malformed_card_names_the_file_and_the_field(user_model, edit, field):
     weights, card, values = user_model
     edit(values)

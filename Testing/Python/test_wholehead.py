@@ -249,6 +249,22 @@ def test_cli_manual_roi_and_volumes_csv(tmp_path, capsys):
     for threads in ("0", "-1", "two"):
         with pytest.raises(SystemExit):
             cli.parse_args([str(image), "-o", str(tmp_path), "--threads", threads])
-    # An output "folder" that is a file is refused before any input is segmented.
+    # An output "folder" that is a file, or lies under one, is refused before any input is segmented.
     assert cli.main([str(image), "-o", str(table), "--runs", "1"]) == 2
     assert "is a file" in capsys.readouterr().err
+    assert cli.main([str(image), "-o", str(table / "out"), "--runs", "1"]) == 2
+    assert f"lies under {table}, which is a file" in capsys.readouterr().err
+    assert cli.main([str(image), "-o", str(tmp_path / "out"), "--volumes", str(table / "v.csv")]) == 2
+    assert f"the output folder {table} is a file; give a folder (--volumes)" in capsys.readouterr().err
+    # A folder in the place of one result: that case fails before it is segmented, the others go on.
+    second, _ = hippocampus_paths("hippocampus_003")
+    second_name = "hippocampus_003"
+    blocked = tmp_path / "blocked"
+    (blocked / "hippocampus_001.seg.nrrd").mkdir(parents=True)
+    assert cli.main([str(image), str(second), "-o", str(blocked), "--runs", "1"]) == 1
+    captured = capsys.readouterr()
+    assert (f"FAILED hippocampus_001: The result cannot be written to '{blocked / 'hippocampus_001.seg.nrrd'}': a "
+            "folder of that name is there.") in captured.out
+    assert "hippocampus_001 [" not in captured.err  # no progress: not segmented
+    assert f"ok     {second_name}:" in captured.out or f"CHECK  {second_name}:" in captured.out
+    assert (blocked / f"{second_name}.seg.nrrd").is_file()

@@ -48,10 +48,11 @@ class CommandSession:
 def start_command(arguments, logic_class: type, settings_class: type) -> CommandSession:
     """Set torch's threads (``--threads``), make the scene and logic, read the settings from the
     flags, check the device and find the model. Raises ValueError (ModelError included) naming a
-    bad setting, device or model, or an output folder that is a file, before any input is read."""
+    bad setting, device or model, or an output folder that cannot be written
+    (:func:`check_output_folder`), before any input is read."""
     output_dir = getattr(arguments, "output_dir", None)
-    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise ValueError(f"the output folder {output_dir} is a file; give a folder (-o), new or existing")
+    if output_dir is not None:
+        check_output_folder(Path(output_dir))
     if getattr(arguments, "threads", None):
         import torch
 
@@ -64,6 +65,33 @@ def start_command(arguments, logic_class: type, settings_class: type) -> Command
     if hasattr(settings, "device"):  # once, before any input (ValueError saying what is available)
         settings = dataclasses.replace(settings, device=check_device(settings.device))
     return CommandSession(scene, logic, settings, logic.model_entry(settings.model))
+
+
+def check_output_folder(output_dir: Path, flag: str = "-o") -> None:
+    """Raise ValueError when results cannot be written under ``output_dir``: it (or the nearest
+    part of its path that exists) is a file, or that folder does not let this user write. Checked
+    before any input is read, so that a batch does not fail at its first result, minutes in.
+    ``flag`` names the option that gave the folder. A full disk shows only when writing
+    (``write_result``)."""
+    existing = output_dir
+    while not existing.exists() and existing.parent != existing:  # a new folder: made when writing
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == output_dir else f"lies under {existing}, which is a file"
+        raise ValueError(f"the output folder {output_dir} {where}; give a folder ({flag}), new or existing")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"the output folder {output_dir} cannot be written: {existing} does not let this user "
+                         f"write there; give a folder you can write to ({flag})")
+
+
+def check_target(path: Path) -> None:
+    """Raise OutputError when a folder holds the result's file name (``write_result`` could not
+    replace it): checked before a case is segmented, so the run is not spent in vain."""
+    from .errors import OutputError
+
+    if path.is_dir():
+        raise OutputError(f"The result cannot be written to '{path}': a folder of that name is there. Move or "
+                          "rename that folder, or choose another output folder (-o).")
 
 
 def output_path(output_dir: Path, name: str, fmt: str) -> Path:

@@ -13,6 +13,7 @@ a message instead of a confident wrong result "ok" (issues 11.7-11.9, 16.3):
   from the volumes' names and from two contrasts that differ between the two sequences.
 - ``brain_overlap`` and its warning: two skull-stripped sequences of one patient, registered to
   each other, cover the same brain; one from another patient or unregistered does not.
+- ``coarse_spacing_warning``: voxels coarser than the model was measured good at (thick slices).
 - ``empty_result_warning``: a result with no voxel in any segment is said so, not reported "ok".
 
 Refusals raise ``InputVolumeError`` (the logic's ``prepare`` calls these before touching the
@@ -379,6 +380,22 @@ def brain_overlap_warning(images: Sequence[np.ndarray], geometries: Sequence[Vol
     return None
 
 
+def coarse_spacing_warning(geometry: VolumeGeometry, max_spacing_mm: float | None, description: str) -> str | None:
+    """A warning when the voxels of ``geometry`` are coarser than ``max_spacing_mm`` (mm) along
+    any axis (a model's ``maxSpacingMm``: the coarsest spacing at which its results were measured
+    good), else None. A thick-slice scan is resampled onto the model's grid, but what lies between
+    its slices was never imaged: the result there is interpolated and its volumes less exact
+    (Med-NCA on 3-5 mm slices: ``Testing/Benchmarks/thick_slice_scans.py``). ``description``
+    names the input ("Input volume 'x'")."""
+    if max_spacing_mm is None or max(geometry.spacing) <= max_spacing_mm * (1 + 1e-3):
+        return None
+    voxels = " x ".join(f"{s:.2g}" for s in geometry.spacing)
+    return (f"{description} has voxels of {voxels} mm, coarser than the {max_spacing_mm:g} mm this model was "
+            "checked at, so the segmentation may be wrong between the slices and its volumes less exact. Use a "
+            f"scan with voxels of at most {max_spacing_mm:g} mm along every axis if there is one, or check the "
+            "result slice by slice.")
+
+
 def empty_result_warning(labels: np.ndarray, segment_names: Sequence[str], volume_names: Sequence[str]) -> str | None:
     """A warning when ``labels`` (any shape) mark no voxel at all, else None: an empty result is
     either right (nothing to find) or a sign of a wrong input, and the user must be told.
@@ -393,7 +410,7 @@ def empty_result_warning(labels: np.ndarray, segment_names: Sequence[str], volum
 
 def check_inputs(images: Sequence[np.ndarray], geometries: Sequence[VolumeGeometry], volume_names: Sequence[str],
                  input_names: Sequence[str], requirements: Sequence[str] = (),
-                 named_as: Callable[[str, str], bool] | None = None) -> list[str]:
+                 named_as: Callable[[str, str], bool] | None = None, max_spacing_mm: float | None = None) -> list[str]:
     """Every content check for one run of a model; returns the warnings, raises
     ``InputVolumeError`` on an input that cannot give a meaningful result.
 
@@ -404,7 +421,8 @@ def check_inputs(images: Sequence[np.ndarray], geometries: Sequence[VolumeGeomet
     mask, one image for two inputs, FLAIR and T1 swapped by both names and contrast. Warned:
     each failed requirement, a swap that only one kind of evidence shows, and skull-stripped
     inputs that do not show the same brain (``brain_overlap_warning``; judged only when every
-    input looks skull-stripped, as a head's mask is not its brain).
+    input looks skull-stripped, as a head's mask is not its brain), and voxels coarser than the
+    card's ``max_spacing_mm`` (``coarse_spacing_warning``).
     """
     names = list(input_names) if len(input_names) == len(images) else [None] * len(images)
     for image, input_name, volume_name in zip(images, names, volume_names, strict=True):
@@ -412,12 +430,15 @@ def check_inputs(images: Sequence[np.ndarray], geometries: Sequence[VolumeGeomet
         check_image_content(image, describe_input(input_name if len(images) > 1 else None, volume_name), expected)
     if len(images) > 1:
         check_distinct_inputs(images, [name or "input" for name in names], volume_names)
+    warnings = [warning for geometry, input_name, volume_name in zip(geometries, names, volume_names, strict=True)
+                if (warning := coarse_spacing_warning(geometry, max_spacing_mm,
+                                                      describe_input(input_name if len(images) > 1 else None,
+                                                                     volume_name)))]
     ordered = [name.lower() for name in names if name]
     wants_order = "flair" in ordered and any(name.startswith("t1") for name in ordered)
     if not requirements and not wants_order:
-        return []
+        return warnings
     features = [brain_features(image, geometry) for image, geometry in zip(images, geometries, strict=True)]
-    warnings = []
     for measured, input_name, volume_name in zip(features, names, volume_names, strict=True):
         warnings += brain_requirement_warnings(measured, describe_input(input_name, volume_name), requirements)
     if SKULL_STRIPPED in requirements and len(images) > 1 and all(map(looks_skull_stripped, features)):

@@ -22,7 +22,8 @@ from .grids import orientation_direction
 SCHEMA_PATH_PARTS = ("Resources", "Models.schema.json")
 # Card keys (as our training writes them) that differ from the registry's.
 CARD_KEYS = {"qualityWarningThreshold": "quality_warning_threshold",
-             "structureSpreadWarningThreshold": "structure_spread_warning_threshold"}
+             "structureSpreadWarningThreshold": "structure_spread_warning_threshold",
+             "maxSpacingMm": "max_spacing_mm"}
 
 
 def read_json(path: Path, what: str) -> object:

@@ -67,6 +67,9 @@ class ModelEntry:
     bilateral_segments: tuple[SegmentSpec, ...] = ()
     # What the model card requires of every input (``input_checks.REQUIREMENTS``), checked per run.
     input_requirements: tuple[str, ...] = ()
+    # The coarsest voxel spacing (mm, along any axis) at which the model's results were measured
+    # good; a coarser input (thick slices) is segmented with a warning. None: not measured.
+    max_spacing_mm: float | None = None
 
 
 # The voxel order of the data each method's training script reads as stored (MSD hippocampus
@@ -106,7 +109,8 @@ def _entry(values: dict, base: Path) -> ModelEntry:
         quality_warning_threshold=values.get("qualityWarningThreshold"),
         structure_spread_warning_threshold=values.get("structureSpreadWarningThreshold"),
         bilateral_segments=_segments(values.get("bilateralSegments", ())),
-        input_requirements=tuple(values.get("inputRequirements", ())))
+        input_requirements=tuple(values.get("inputRequirements", ())),
+        max_spacing_mm=values.get("maxSpacingMm"))
 
 
 def schema_path() -> Path:
@@ -200,7 +204,7 @@ class ModelRegistry:
         values = {"id": model_id, "title": path.stem, "method": method, "task": card.get("task", ""),
                   "inputs": card.get("inputs", []), "segments": card.get("segments"), "file": str(path)}
         for key in ("spacing", "orientation", "qualityWarningThreshold", "structureSpreadWarningThreshold",
-                    "inputRequirements"):
+                    "inputRequirements", "maxSpacingMm"):
             card_key = CARD_KEYS.get(key, key)
             if card.get(card_key) is not None:
                 values[key] = card[card_key]

@@ -58,7 +58,9 @@ def _csv_path(text: str) -> Path:
     """``--volumes``: a .csv file, so that a slip (an input's name, a folder) cannot overwrite a
     scan or fail only after the whole batch has run."""
     path = Path(text)
-    if path.suffix.lower() != ".csv" or path.is_dir():
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' is a folder; give a .csv file name")
+    if path.suffix.lower() != ".csv":
         raise argparse.ArgumentTypeError(f"'{text}' is not a .csv file name")
     return path
 
@@ -78,13 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mednca-segment: --volumes {args.volumes} is also an input; name another file for the table "
               "(it would be written over, or read as a scan)", file=sys.stderr)
         return 2
-    if args.volumes:
-        try:  # the table is written last: a folder it cannot go into is said before the runs
-            batch.check_output_folder(args.volumes.absolute().parent, "--volumes")
-        except ValueError as error:
-            print(f"mednca-segment: {error}", file=sys.stderr)
-            return 2
-    inputs, skipped = batch.skip_segmentations(args.inputs)
+    # The table is written last: a folder it cannot go into is said before the runs.
+    problem = batch.output_folder_problem(args.volumes.absolute().parent) if args.volumes else None
+    if problem:
+        print(f"mednca-segment: cannot write the --volumes table {args.volumes}: {problem}; give a .csv file in a "
+              "folder you can write to", file=sys.stderr)
+        return 2
+    inputs, skipped = batch.skip_results(args.inputs)
     inputs, names, notes = batch.unique_names(inputs, name_from_path)
     notes = skipped + notes
     runs = f"{settings.runs} run" + ("s" if settings.runs != 1 else "")
@@ -155,10 +157,11 @@ def volume_row(mode: str, volumes: HippocampusVolumes) -> dict[str, str]:
 
 def write_volumes(path: Path, rows: list[dict[str, str]]) -> None:
     """One row per input (failed ones with their status and no volumes); the columns are the
-    union of the rows' (crop and head inputs name their segments differently)."""
+    union of the rows' (crop and head inputs name their segments differently), the warnings last."""
     columns: list[str] = []
     for row in rows:
         columns += [column for column in row if column not in columns]
+    columns.sort(key=lambda column: column == "warnings")  # last, whichever row came first
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=columns, restval="")

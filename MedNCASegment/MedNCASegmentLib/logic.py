@@ -540,7 +540,7 @@ def _resampling_details(geometry: VolumeGeometry, entry: ModelEntry, volume) -> 
     model_grid = axis_aligned_grid(geometry, entry.spacing, entry.orientation)
     if same_voxel_centres(geometry, model_grid):
         return []
-    voxels = " x ".join(f"{s:.3g}" for s in geometry.spacing)
+    voxels = " x ".join(f"{s:.4g}" for s in geometry.spacing)
     oblique = not np.allclose(np.abs(geometry.direction).max(axis=0), 1.0, atol=1e-4)
     spacing = " x ".join(f"{s:g}" for s in model_grid.spacing)
     return [f"The input {describe_node(volume)} ({voxels} mm voxels{', oblique' if oblique else ''}) was resampled "

@@ -346,10 +346,10 @@ def test_no_output_overwrites_an_input(tmp_path, capsys, monkeypatch, ossnet_reg
     assert "FAILED good: The result would be written over the input file 'good.nii.gz'" in printed
     (row,) = list(csv.DictReader(table.open()))
     assert row["status"] == "failed" and row["warnings"].startswith("The result would be written over")
-    for volumes in ("good.nii.gz", str(tmp_path)):
+    for volumes, problem in (("good.nii.gz", "is not a .csv file name"), (str(tmp_path), "is a folder")):
         with pytest.raises(SystemExit) as refused:
             mednca_cli.main(["good.nii.gz", "-o", "out", "--volumes", volumes])
-        assert refused.value.code == 2 and "is not a .csv file name" in capsys.readouterr().err
+        assert refused.value.code == 2 and problem in capsys.readouterr().err
     assert digest(image) == before and not (tmp_path / "out").exists()
 
     monkeypatch.setattr(ModelRegistry, "default", classmethod(lambda cls: ossnet_registry))
@@ -375,11 +375,12 @@ def test_a_rerun_over_its_own_results_segments_the_scans_again(tmp_path, capsys,
     scans.mkdir()
     shutil.copy(hippocampus_paths("hippocampus_001")[0], scans / "a.nii.gz")
     command = ["-o", str(scans), "--runs", "2", "--threads", "1"]
-    assert mednca_cli.main([str(scans / "a.nii.gz"), *command]) == 0
+    assert mednca_cli.main([str(scans / "a.nii.gz"), *command, "--volumes", str(scans / "v.csv")]) == 0
     capsys.readouterr()
     assert mednca_cli.main([str(p) for p in sorted(scans.iterdir())] + command) == 0
     printed = capsys.readouterr().out
     assert f"note: '{scans / 'a.seg.nrrd'}' is a segmentation (a result), not a scan; it is skipped." in printed
+    assert f"note: '{scans / 'v.csv'}' is a table, not a scan; it is skipped." in printed
     assert f"note: replaced the earlier file {scans / 'a.seg.nrrd'}" in printed
     assert "summary: 1 of 1 segmented" in printed
 

@@ -103,6 +103,9 @@ def test_a_thick_slice_scan_is_segmented_with_a_warning(scene, logic) -> None:
                               "onto its grid."]
     plain = logic.prepare(case.volume)
     assert not [w for w in plain.warnings if "coarser" in w] and plain.details == []
+    # Just over the limit is said as measured, never as "3 mm, coarser than the 3 mm".
+    just_over = write_scalar_volume(scene, thick, VolumeGeometry.compose(thick.shape, (1.0, 1.0, 3.004)), "3.004")
+    assert "voxels of 1 x 1 x 3.004 mm, coarser than the 3 mm" in " ".join(logic.prepare(just_over).warnings)
 
 
 def test_roi_crops_the_input_and_places_the_result_back(scene, logic) -> None:

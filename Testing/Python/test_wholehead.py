@@ -255,16 +255,26 @@ def test_cli_manual_roi_and_volumes_csv(tmp_path, capsys):
     assert cli.main([str(image), "-o", str(table / "out"), "--runs", "1"]) == 2
     assert f"lies under {table}, which is a file" in capsys.readouterr().err
     assert cli.main([str(image), "-o", str(tmp_path / "out"), "--volumes", str(table / "v.csv")]) == 2
-    assert f"the output folder {table} is a file; give a folder (--volumes)" in capsys.readouterr().err
+    assert (f"cannot write the --volumes table {table / 'v.csv'}: {table} is a file; give a .csv file in a folder"
+            in capsys.readouterr().err)
     # A folder in the place of one result: that case fails before it is segmented, the others go on.
     second, _ = hippocampus_paths("hippocampus_003")
     second_name = "hippocampus_003"
     blocked = tmp_path / "blocked"
     (blocked / "hippocampus_001.seg.nrrd").mkdir(parents=True)
-    assert cli.main([str(image), str(second), "-o", str(blocked), "--runs", "1"]) == 1
+    listed = blocked / "v.csv"
+    assert cli.main([str(image), str(second), "-o", str(blocked), "--runs", "1", "--volumes", str(listed)]) == 1
     captured = capsys.readouterr()
+    header = listed.read_text().splitlines()[0].split(",")
+    assert header[:2] == ["input", "status"] and header[-1] == "warnings"  # the failed row came first
     assert (f"FAILED hippocampus_001: The result cannot be written to '{blocked / 'hippocampus_001.seg.nrrd'}': a "
             "folder of that name is there.") in captured.out
     assert "hippocampus_001 [" not in captured.err  # no progress: not segmented
+    with pytest.raises(SystemExit):  # a folder named like a table
+        cli.main([str(image), "-o", str(blocked), "--volumes", str(blocked / "hippocampus_001.seg.nrrd")])
+    (blocked / "t.csv").mkdir()
+    with pytest.raises(SystemExit):
+        cli.main([str(image), "-o", str(blocked), "--volumes", str(blocked / "t.csv")])
+    assert f"'{blocked / 't.csv'}' is a folder; give a .csv file name" in capsys.readouterr().err
     assert f"ok     {second_name}:" in captured.out or f"CHECK  {second_name}:" in captured.out
     assert (blocked / f"{second_name}.seg.nrrd").is_file()

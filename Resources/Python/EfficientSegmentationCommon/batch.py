@@ -49,10 +49,12 @@ def start_command(arguments, logic_class: type, settings_class: type) -> Command
     """Set torch's threads (``--threads``), make the scene and logic, read the settings from the
     flags, check the device and find the model. Raises ValueError (ModelError included) naming a
     bad setting, device or model, or an output folder that cannot be written
-    (:func:`check_output_folder`), before any input is read."""
+    (:func:`output_folder_problem`), before any input is read."""
     output_dir = getattr(arguments, "output_dir", None)
-    if output_dir is not None:
-        check_output_folder(Path(output_dir))
+    problem = output_folder_problem(Path(output_dir)) if output_dir is not None else None
+    if problem:
+        raise ValueError(f"cannot write to the output folder (-o): {problem}; give a folder you can write to, "
+                         "new or existing")
     if getattr(arguments, "threads", None):
         import torch
 
@@ -67,21 +69,21 @@ def start_command(arguments, logic_class: type, settings_class: type) -> Command
     return CommandSession(scene, logic, settings, logic.model_entry(settings.model))
 
 
-def check_output_folder(output_dir: Path, flag: str = "-o") -> None:
-    """Raise ValueError when results cannot be written under ``output_dir``: it (or the nearest
-    part of its path that exists) is a file, or that folder does not let this user write. Checked
-    before any input is read, so that a batch does not fail at its first result, minutes in.
-    ``flag`` names the option that gave the folder. A full disk shows only when writing
-    (``write_result``)."""
-    existing = output_dir
-    while not existing.exists() and existing.parent != existing:  # a new folder: made when writing
+def output_folder_problem(folder: Path) -> str | None:
+    """Why results cannot be written under ``folder`` ("/x is a file", "/x/y lies under /x, which
+    is a file", "/x does not let this user write there"), or None. The commands check it before
+    any input is read, so that a batch does not fail at its first result (or, for the
+    ``--volumes`` table, after its last), minutes in. A folder that does not exist yet is judged
+    by the nearest one on its path that does (it is made when writing); a full disk shows only
+    when writing (``write_result``)."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
         existing = existing.parent
     if not existing.is_dir():
-        where = "is a file" if existing == output_dir else f"lies under {existing}, which is a file"
-        raise ValueError(f"the output folder {output_dir} {where}; give a folder ({flag}), new or existing")
+        return f"{folder} is a file" if existing == folder else f"{folder} lies under {existing}, which is a file"
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"the output folder {output_dir} cannot be written: {existing} does not let this user "
-                         f"write there; give a folder you can write to ({flag})")
+        return f"{existing} does not let this user write there"
+    return None
 
 
 def check_target(path: Path) -> None:
@@ -177,13 +179,18 @@ def replacing(path: Path) -> list[str]:
     return [f"replaced the earlier file {path}"] if path.exists() else []
 
 
-def skip_segmentations(items: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``items`` without segmentations (``*.seg.nrrd``, what these commands write), and a note
-    for each one left out: a re-run over a folder that holds an earlier run's results
-    (``scans/*`` with ``-o scans``) segments the scans, not the results."""
-    kept = [item for item in items if not is_segmentation(item)]
-    notes = [f"'{item}' is a segmentation (a result), not a scan; it is skipped." for item in items
-             if item not in kept]
+def skip_results(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``items`` without what these commands write (segmentations, ``*.seg.nrrd``; ``--volumes``
+    tables, ``*.csv``), and a note for each one left out: a re-run over a folder that holds an
+    earlier run's results (``scans/*`` with ``-o scans``) segments the scans, not the results."""
+    notes, kept = [], []
+    for item in items:
+        if is_segmentation(item) and not os.path.isdir(item):
+            notes.append(f"'{item}' is a segmentation (a result), not a scan; it is skipped.")
+        elif str(item).lower().endswith(".csv") and not os.path.isdir(item):
+            notes.append(f"'{item}' is a table, not a scan; it is skipped.")
+        else:
+            kept.append(item)
     return kept, notes
 
 

@@ -389,7 +389,7 @@ def coarse_spacing_warning(geometry: VolumeGeometry, max_spacing_mm: float | Non
     names the input ("Input volume 'x'")."""
     if max_spacing_mm is None or max(geometry.spacing) <= max_spacing_mm * (1 + 1e-3):
         return None
-    voxels = " x ".join(f"{s:.2g}" for s in geometry.spacing)
+    voxels = " x ".join(f"{s:.4g}" for s in geometry.spacing)  # 3.004 stays 3.004: over 3 mm
     return (f"{description} has voxels of {voxels} mm, coarser than the {max_spacing_mm:g} mm this model was "
             "checked at, so the segmentation may be wrong between the slices and its volumes less exact. Use a "
             f"scan with voxels of at most {max_spacing_mm:g} mm along every axis if there is one, or check the "

@@ -30,9 +30,9 @@ import numpy as np
 
 from EfficientSegmentationCommon.errors import ModelError, describe_node
 from EfficientSegmentationCommon.geometry import VolumeGeometry
-from EfficientSegmentationCommon.grids import KJISlices, axis_aligned_grid, crop_to_roi, paste
+from EfficientSegmentationCommon.grids import KJISlices, axis_aligned_grid, crop_to_roi, is_axial, paste
 from EfficientSegmentationCommon.input_files import check_source_files
-from EfficientSegmentationCommon.input_checks import check_inputs, empty_result_warning
+from EfficientSegmentationCommon.input_checks import check_inputs, empty_result_warning, voxel_size_text
 from EfficientSegmentationCommon.model_choice import RegistryLogic
 from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
@@ -540,12 +540,10 @@ def _resampling_details(geometry: VolumeGeometry, entry: ModelEntry, volume) -> 
     model_grid = axis_aligned_grid(geometry, entry.spacing, entry.orientation)
     if same_voxel_centres(geometry, model_grid):
         return []
-    voxels = " x ".join(f"{s:.4g}" for s in geometry.spacing)
-    oblique = not np.allclose(np.abs(geometry.direction).max(axis=0), 1.0, atol=1e-4)
-    spacing = " x ".join(f"{s:g}" for s in model_grid.spacing)
-    return [f"The input {describe_node(volume)} ({voxels} mm voxels{', oblique' if oblique else ''}) was resampled "
-            f"onto the model's axis-aligned grid of {spacing} mm voxels (linear interpolation), and the result "
-            "back onto its grid."]
+    oblique = "" if is_axial(geometry) else ", oblique"
+    return [f"The input {describe_node(volume)} ({voxel_size_text(geometry)} mm voxels{oblique}) was resampled "
+            f"onto the model's axis-aligned grid of {voxel_size_text(model_grid)} mm voxels (linear interpolation), "
+            "and the result back onto its grid."]
 
 
 def _check_memory(geometry: VolumeGeometry, entry: ModelEntry, volume) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from EfficientSegmentationCommon.errors import InputVolumeError
 from EfficientSegmentationCommon.geometry import VolumeGeometry
-from EfficientSegmentationCommon.grids import axis_aligned_grid
+from EfficientSegmentationCommon.grids import axis_aligned_grid, is_axial
 from EfficientSegmentationCommon.memory import format_bytes
 
 if TYPE_CHECKING:
@@ -92,14 +92,6 @@ class OutputGridPlan:
         if self.too_large:
             text += " - too large: choose a coarser resolution or an ROI"
         return text
-
-
-def is_axial(geometry: VolumeGeometry, tolerance: float = 1e-3) -> bool:
-    """True when the I, J, K axes are the patient axes R, A, S in any order, each possibly
-    flipped (so its voxels lie on an axis-aligned lattice: no interpolation is needed)."""
-    closest = np.round(np.abs(geometry.direction))
-    return bool(np.allclose(np.abs(geometry.direction), closest, atol=tolerance)
-                and np.array_equal(np.sort(np.argmax(closest, axis=0)), [0, 1, 2]))
 
 
 def ras_spacing(geometry: VolumeGeometry) -> tuple[float, float, float]:

@@ -13,9 +13,9 @@ exactly those voxels, beside the clean 1 mm crop's result (the same logic) at th
 
 Reported per slice axis and spacing: foreground Dice (mean, worst) of both and the drop, and the
 foreground volume's error against the expert labels' (mean absolute, %), the scan's volume
-counting each voxel at its full size. The drop decides the logic's coarse-slice warning
-(``MedNCASegmentLib.logic.COARSE_SPACING_WARNING_FACTOR``): the largest spacing whose mean drop
-stays within the 0.03 Dice that issue 14 allows a moderate artefact.
+counting each voxel at its full size. The drop decides the model's ``maxSpacingMm``
+(``Resources/Models.json``; above it ``input_checks.coarse_spacing_warning`` warns): the largest
+spacing whose mean drop stays within the 0.03 Dice that issue 14 allows a moderate artefact.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from EfficientSegmentationCommon.metrics import dice
     from EfficientSegmentationCommon.scene import create_scene
+    from MedNCASegmentLib.data import read_nifti_kji
     from MedNCASegmentLib.logic import MedNCASegmentLogic
     from MedNCASegmentLib.settings import MedNCASettings
 
@@ -132,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             image_file = args.data / "imagesTr" / f"{case_id}.nii.gz"
             nifti = nibabel.load(str(image_file))
             image_ijk = np.asarray(nifti.dataobj, dtype=np.float32)
-            truth_kji = np.asarray(nibabel.load(str(args.data / "labelsTr" / f"{case_id}.nii.gz")).dataobj).round()
-            truth_kji = (truth_kji > 0).transpose(2, 1, 0)
+            truth_kji = read_nifti_kji(args.data / "labelsTr" / f"{case_id}.nii.gz").round() > 0
             clean_kji = segment_file(logic, image_file, settings) > 0
             for axis_name in axes:
                 axis = AXES[axis_name]

@@ -74,6 +74,15 @@ def orientation_direction(orientation: str) -> np.ndarray:
     return np.diag([_AXIS_SIGNS[letter][1] for letter in code])
 
 
+def is_axial(geometry: VolumeGeometry, tolerance: float = 1e-3) -> bool:
+    """True when the I, J, K axes are the patient axes R, A, S in any order, each possibly
+    flipped (so its voxels lie on an axis-aligned lattice: no interpolation is needed); False
+    for an oblique grid."""
+    closest = np.round(np.abs(geometry.direction))
+    return bool(np.allclose(np.abs(geometry.direction), closest, atol=tolerance)
+                and np.array_equal(np.sort(np.argmax(closest, axis=0)), [0, 1, 2]))
+
+
 def axis_aligned_grid(geometry: VolumeGeometry, spacing: Sequence[float], orientation: str = "RAS") -> VolumeGeometry:
     """A grid of ``spacing`` mm (I, J, K) covering the whole of ``geometry``, whose axes are the
     patient axes with the directions of ``orientation`` (:func:`orientation_direction`; default

@@ -380,6 +380,12 @@ def brain_overlap_warning(images: Sequence[np.ndarray], geometries: Sequence[Vol
     return None
 
 
+def voxel_size_text(geometry: VolumeGeometry) -> str:
+    """The voxel size (mm, I x J x K) as messages give it: 4 significant digits, so that 3.004 mm
+    is not shown as 3 beside a 3 mm limit."""
+    return " x ".join(f"{s:.4g}" for s in geometry.spacing)
+
+
 def coarse_spacing_warning(geometry: VolumeGeometry, max_spacing_mm: float | None, description: str) -> str | None:
     """A warning when the voxels of ``geometry`` are coarser than ``max_spacing_mm`` (mm) along
     any axis (a model's ``maxSpacingMm``: the coarsest spacing at which its results were measured
@@ -389,8 +395,7 @@ def coarse_spacing_warning(geometry: VolumeGeometry, max_spacing_mm: float | Non
     names the input ("Input volume 'x'")."""
     if max_spacing_mm is None or max(geometry.spacing) <= max_spacing_mm * (1 + 1e-3):
         return None
-    voxels = " x ".join(f"{s:.4g}" for s in geometry.spacing)  # 3.004 stays 3.004: over 3 mm
-    return (f"{description} has voxels of {voxels} mm, coarser than the {max_spacing_mm:g} mm this model was "
+    return (f"{description} has voxels of {voxel_size_text(geometry)} mm, coarser than the {max_spacing_mm:g} mm this model was "
             "checked at, so the segmentation may be wrong between the slices and its volumes less exact. Use a "
             f"scan with voxels of at most {max_spacing_mm:g} mm along every axis if there is one, or check the "
             "result slice by slice.")

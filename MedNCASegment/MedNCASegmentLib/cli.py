@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mednca-segment", description=__doc__, epilog=batch.REPORT_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="volumes to segment (.nii.gz, .nii, .nrrd, ...)")
-    parser.add_argument("-o", "--output-dir", type=Path, required=True,
+    parser.add_argument("-o", "--output-dir", type=batch.output_folder, required=True,
                         help="folder for the results (created if missing); an input's result is <name>.<format>")
     add_arguments(parser, MedNCASettings)
     parser.add_argument("--roi", type=float, nargs=6, metavar=("R", "A", "S", "SIZE_R", "SIZE_A", "SIZE_S"),
@@ -76,19 +75,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # an invalid setting or a model problem (ModelError)
         print(f"mednca-segment: {error}", file=sys.stderr)
         return 2
-    if args.volumes and any(os.path.realpath(args.volumes) == os.path.realpath(path) for path in args.inputs):
-        print(f"mednca-segment: --volumes {args.volumes} is also an input; name another file for the table "
-              "(it would be written over, or read as a scan)", file=sys.stderr)
-        return 2
     # The table is written last: a folder it cannot go into is said before the runs.
     problem = batch.output_folder_problem(args.volumes.absolute().parent) if args.volumes else None
     if problem:
         print(f"mednca-segment: cannot write the --volumes table {args.volumes}: {problem}; give a .csv file in a "
               "folder you can write to", file=sys.stderr)
         return 2
+    # Earlier results, tables (the --volumes table among them) and the output folder are not scans.
     inputs, skipped = batch.skip_results(args.inputs)
+    inputs, skipped_folder = batch.skip_output_folder(inputs, args.output_dir)
+    if not inputs:
+        print("mednca-segment: nothing to segment: " + " ".join(skipped + skipped_folder), file=sys.stderr)
+        return 2
     inputs, names, notes = batch.unique_names(inputs, name_from_path)
-    notes = skipped + notes
+    notes = skipped + skipped_folder + notes
     runs = f"{settings.runs} run" + ("s" if settings.runs != 1 else "")
     print(f"model: {entry.id} ({entry.title}); {runs}; output: {args.output_dir}", flush=True)
     for note in notes:
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(row)  # before loading: an input that cannot be read has its row too
         try:
             target = batch.output_path(args.output_dir, names[path], args.format)  # the volume's name
-            batch.check_target(target)
+            batch.check_target(target, inputs)
             volume = load_volume(scene, path, names[path])
             roi = manual_roi(scene, args.roi) if args.roi else None
             result = logic.segment(volume, settings, roi=roi, progressCallback=batch.ProgressBar(volume.GetName()))
@@ -132,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             scene.Clear(0)  # keep memory flat over long batches
 
     status = batch.run_batch(inputs, process, names)
-    if args.volumes:
+    if args.volumes and status == batch.INTERRUPTED and args.volumes.exists():  # not replaced by a partial table
+        print(f"volumes: not written (interrupted); the earlier table {args.volumes} is as it was", flush=True)
+    elif args.volumes:
         write_volumes(args.volumes, rows)
         print(f"volumes: {args.volumes} ({len(rows)} row{'s' if len(rows) != 1 else ''})", flush=True)
     return status

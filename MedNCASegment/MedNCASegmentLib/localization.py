@@ -24,6 +24,8 @@ import numpy as np
 
 from EfficientSegmentationCommon.errors import InputVolumeError
 from EfficientSegmentationCommon.geometry import VolumeGeometry
+from EfficientSegmentationCommon.grids import axis_aligned_grid, is_axial
+from EfficientSegmentationCommon.resampling import resample, same_voxel_centres
 
 # Centroids of the left and right hippocampus in MNI152 space (RAS mm; x < 0 is left), and the
 # extent of a box around one hippocampus (R, A, S mm), as given in issue 10 from the MNI-space
@@ -178,6 +180,23 @@ def _to_sitk(array_kji: np.ndarray, geometry: VolumeGeometry):
     return image
 
 
+def _in_ras_order(array_kji: np.ndarray, geometry: VolumeGeometry) -> tuple[np.ndarray, VolumeGeometry]:
+    """The same voxels in RAS order when the grid's axes are the patient axes (re-indexed, no
+    interpolation), else as given. The registration block-averages the input from its first voxel
+    on (:func:`_shrink`), so without this the same scan stored RAS or LPS was registered from
+    slightly different images and its boxes, and so its volumes, differed (a fresh-user trial:
+    30 voxels of one coronal slice)."""
+    if not is_axial(geometry):
+        return array_kji, geometry
+    ras_axis = np.argmax(np.abs(geometry.direction), axis=0)  # the patient axis of I, J, K
+    spacing = np.empty(3)
+    spacing[ras_axis] = geometry.spacing
+    target = axis_aligned_grid(geometry, spacing, "RAS")
+    if not same_voxel_centres(geometry, target):  # rounding: keep the input rather than interpolate it
+        return array_kji, geometry
+    return resample(array_kji, geometry, target, order=0), target
+
+
 def _shrink(image, spacing_mm: float):
     """Block-average ``image`` to about ``spacing_mm`` (integer factors per axis): anti-aliased and fast."""
     sitk = _sitk()
@@ -295,7 +314,7 @@ def locate_hippocampi(image: np.ndarray, geometry: VolumeGeometry, margin_mm: fl
         raise LocalizationError(f"The input has no usable contrast (constant or non-finite values). {manual}")
     sitk = _sitk()
     fixed, sample_mask = _template()
-    moving = _shrink(_to_sitk(values, geometry), REGISTRATION_SPACING_MM)
+    moving = _shrink(_to_sitk(*_in_ras_order(values, geometry)), REGISTRATION_SPACING_MM)
     try:
         transform = _register(fixed, moving, sample_mask, seed)
     except RuntimeError as error:  # ITK: e.g. too few samples overlap, or the optimiser diverged

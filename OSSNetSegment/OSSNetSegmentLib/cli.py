@@ -36,7 +36,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", "-i", nargs="+", required=True,
                         help="the input files of one case in the model card's order, or one or more case folders")
-    parser.add_argument("-o", "--output-dir", type=Path, required=True,
+    parser.add_argument("-o", "--output-dir", type=batch.output_folder, required=True,
                         help="folder for the results (created if missing); an input's result is <name>.<format>")
     add_arguments(parser, OSSNetSettings)
     parser.add_argument("--format", choices=batch.FORMATS, default="seg.nrrd",
@@ -122,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         session = batch.start_command(args, OSSNetSegmentLogic, OSSNetSettings)
         scene, logic, settings, entry = session.scene, session.logic, session.settings, session.entry
-        work, notes = cases(args.input, entry.inputs)
+        inputs, skipped = batch.skip_output_folder(args.input, args.output_dir)
+        work, notes = cases(inputs, entry.inputs)
+        notes = skipped + notes
     except ValueError as error:  # an invalid setting, a model problem (ModelError) or a bad input
         print(f"ossnet-segment: {error}", file=sys.stderr)
         return 2
@@ -143,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             # nii.gz: on the FLAIR file's own grid when the output grid is that grid (up to voxel order)
             target = batch.output_path(args.output_dir, name, args.format)
-            batch.check_target(target)
+            batch.check_target(target, files)
             volumes = [load_volume(scene, str(path)) for path in files]
             result = logic.segment(volumes, settings, progressCallback=batch.ProgressBar(name))
             replaced = batch.replacing(target)

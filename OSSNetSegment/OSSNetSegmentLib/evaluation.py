@@ -119,8 +119,11 @@ def evaluate_case(model: OSSNet, case: Case, full: bool) -> dict:
     return row
 
 
-def write_card(model_path: Path, split_path: Path, validation: list[dict], training: list[dict]) -> Path:
-    """Write <weights>.json (registry) and <weights>.md (people) beside the weights."""
+def write_card(model_path: Path, split_path: Path, validation: list[dict], training: list[dict],
+               max_spacing_mm: float | None = None) -> Path:
+    """Write <weights>.json (registry) and <weights>.md (people) beside the weights.
+    ``max_spacing_mm`` (mm), the coarsest voxel spacing an input may have without a warning,
+    comes from ``Testing/Benchmarks/thick_slice_scans.py --model ossnet``; None leaves it out."""
     model, metadata = load_model(model_path)
     split = read_split(split_path)
     mean = lambda rows, key, metric: round(float(np.mean([r[key][metric] for r in rows])), 4)  # noqa: E731
@@ -141,6 +144,7 @@ def write_card(model_path: Path, split_path: Path, validation: list[dict], train
                       "labels_in_data": list(REGIONS[SEGMENT_NAME])}],
         "spacing": [1.0, 1.0, 1.0],
         "orientation": "LPS",  # the BraTS files' voxel order, which training reads as stored
+        **({"max_spacing_mm": max_spacing_mm} if max_spacing_mm is not None else {}),
         "output_resolution": "any output resolution (output spacing in mm, or a factor of the input spacing)",
         "config": model.config.to_dict(),
         "parameters": model.parameter_count,
@@ -203,6 +207,9 @@ def card_markdown(card: dict) -> str:
         recall = ", ".join(f"{name} {value:.2f}" for name, value in native["recall_by_label"].items())
         lines += ["", f"{row['case']}: precision {native['precision']:.3f}; share of each expert label inside the "
                       f"segmentation: {recall}."]
+    if card.get("max_spacing_mm") is not None:
+        lines += ["", f"Warning: an input with voxels coarser than {card['max_spacing_mm']} mm along any axis (thick "
+                      "slices; chosen by Testing/Benchmarks/thick_slice_scans.py --model ossnet)."]
     lines += ["", f"Mean validation Dice {m['validation_dice']} (IoU {m['validation_iou']}); the coarse-to-fine "
                   f"inference decoded {m['validation_decoded_fraction']:.2%} of the output voxels; "
                   f"{m['seconds_per_volume']} s per volume on {card['evaluation']['hardware']}.",
@@ -218,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-training-cases", action="store_true")
+    parser.add_argument("--max-spacing-mm", type=float, default=None,
+                        help="the coarsest voxel spacing without a warning, chosen by thick_slice_scans.py --model ossnet")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, _ = load_model(args.weights)
@@ -226,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     validation = [evaluate_case(model, load_case(args.data, i, inputs), full=True) for i in split["validation"]]
     training = [] if args.skip_training_cases else [evaluate_case(model, load_case(args.data, i, inputs), full=False)
                                                     for i in split["train"]]
-    print("card:", write_card(args.weights, args.split, validation, training))
+    print("card:", write_card(args.weights, args.split, validation, training, args.max_spacing_mm))
     return 0
 
 

@@ -34,7 +34,7 @@ from EfficientSegmentationCommon.geometry import VolumeGeometry
 from EfficientSegmentationCommon.grids import KJISlices, crop_to_roi
 from EfficientSegmentationCommon.input_files import check_source_files
 from EfficientSegmentationCommon.input_checks import (background_value, check_inputs, empty_result_warning,
-                                                      foreground_mask)
+                                                      foreground_mask, voxel_size_text)
 from EfficientSegmentationCommon.model_choice import RegistryLogic
 from EfficientSegmentationCommon.progress import CancelRequest, ProgressCallback, SceneTransaction, scaled
 from EfficientSegmentationCommon.registry import ModelEntry
@@ -56,6 +56,9 @@ ATTRIBUTE_PREFIX = "OSSNet."
 # FLAIR's 240 x 240 x 155 box and was refused (a fresh-user trial).
 MIN_BRAIN_COVERAGE = 0.5
 FULL_COVERAGE = 0.99
+# An output grid whose coarsest axis is over twice its finest (a thick-slice FLAIR's) gets a note
+# that an isotropic output can be asked for.
+ANISOTROPIC_RATIO = 2.0
 
 
 @dataclass
@@ -202,6 +205,12 @@ class OSSNetSegmentLogic(RegistryLogic):
         plan.check()
         if plan.resampled:
             details.append("The input is oblique; it was resampled onto an axis-aligned grid.")
+        spacing = plan.output.spacing
+        if settings.output_spacing is None and max(spacing) > ANISOTROPIC_RATIO * min(spacing):
+            details.append(f"The segmentation lies on a grid of {voxel_size_text(plan.output)} mm voxels, as the "
+                           f"{entry.inputs[0]} has; OSS-Net can decode any point, so for {min(spacing):.4g} mm "
+                           f"along every axis ask for that output spacing (ossnet-segment --output-spacing "
+                           f"{min(spacing):.4g}; output_spacing={min(spacing):.4g} in Python).")
         return OSSNetJob(volumes, entry, settings, images, crop, reference, plan, outputSegmentation, warnings, details)
 
     @staticmethod

@@ -168,6 +168,34 @@ def test_file_cut_short_is_refused_naming_it(scene, tmp_path):
     assert scene.GetNumberOfNodes() == count
 
 
+def test_a_nii_beside_a_nii_gz_of_the_same_name_does_not_replace_its_voxels(scene, tmp_path):
+    """A fresh-user trial: with ``scan.nii`` (another case) beside ``scan.nii.gz``, Slicer's reader
+    took the ``.nii``'s voxels under the ``.nii.gz``'s header and the result was reported ``ok``."""
+    import slicer
+
+    named, _ = hippocampus_paths("hippocampus_001")
+    other, _ = hippocampus_paths("hippocampus_003")
+    (tmp_path / "scan.nii.gz").write_bytes(named.read_bytes())
+    (tmp_path / "scan.nii").write_bytes(gzip.decompress(other.read_bytes()))
+    expected = np.asarray(nibabel.load(str(named)).dataobj)
+    volume = load_volume(scene, tmp_path / "scan.nii.gz")
+    assert np.array_equal(np.sort(voxel_view(volume).ravel()), np.sort(expected.ravel()))
+    assert volume.GetStorageNode().GetFileName() == str(tmp_path / "scan.nii.gz")
+    assert check_source_files([volume]) == []
+    # Loaded by Slicer's own reader (the panel's case): refused, naming both files.
+    logic = slicer.vtkSlicerVolumesLogic()
+    logic.SetMRMLScene(scene)
+    wrong = logic.AddArchetypeVolume(str(tmp_path / "scan.nii.gz"), "scan", 0)
+    with pytest.raises(InputVolumeError, match=r"loaded from 'scan\.nii\.gz', but Slicer's NIfTI reader took its "
+                                               r"voxels from 'scan\.nii' beside it"):
+        check_source_files([wrong])
+    # An uncompressed file named .nii.gz is not called damaged.
+    (tmp_path / "plain.nii.gz").write_bytes(gzip.decompress(named.read_bytes()))
+    with pytest.raises(InputVolumeError, match=r"'plain\.nii\.gz' is an uncompressed NIfTI file named \.nii\.gz; "
+                                               r"rename it to 'plain\.nii'"):
+        load_volume(scene, tmp_path / "plain.nii.gz")
+
+
 def test_non_finite_voxels_in_a_file_are_reported_naming_it(scene, case, tmp_path):
     array, header = case
     damaged = array.astype(np.float32)

@@ -341,9 +341,11 @@ def test_no_output_overwrites_an_input(tmp_path, capsys, monkeypatch, ossnet_reg
     table = tmp_path / "v.csv"
     status = mednca_cli.main(["good.nii.gz", "-o", ".", "--format", "nii.gz", "--runs", "2", "--threads", "1",
                               "--volumes", str(table)])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert status == 1 and digest(image) == before
     assert "FAILED good: The result would be written over the input file 'good.nii.gz'" in printed
+    assert "good [" not in captured.err  # refused before it was segmented (no progress bar)
     (row,) = list(csv.DictReader(table.open()))
     assert row["status"] == "failed" and row["warnings"].startswith("The result would be written over")
     for volumes, problem in (("good.nii.gz", "is not a .csv file name"), (str(tmp_path), "is a folder")):
@@ -366,9 +368,9 @@ def test_a_rerun_over_its_own_results_segments_the_scans_again(tmp_path, capsys,
     """``mednca-segment scans/* -o scans`` run twice: the second run meets the first's
     ``.seg.nrrd`` results among its inputs and skips them with a note, instead of failing them
     as label maps (a fresh-user trial had 0 of 6 segmented); a case folder holding an earlier
-    result beside its FLAIR still has one FLAIR. ``--volumes`` naming an input is refused before
-    anything runs, as it would be written over."""
-    import hashlib
+    result beside its FLAIR still has one FLAIR. The ``--volumes`` table among the inputs is
+    skipped like the others and written anew; so is the output folder among them."""
+    import csv
     import shutil
 
     scans = tmp_path / "scans"
@@ -386,10 +388,15 @@ def test_a_rerun_over_its_own_results_segments_the_scans_again(tmp_path, capsys,
 
     table = scans / "volumes.csv"
     table.write_text("input,status\n")
-    before = hashlib.sha256(table.read_bytes()).hexdigest()
-    assert mednca_cli.main([str(scans / "a.nii.gz"), str(table), *command, "--volumes", str(table)]) == 2
-    assert "is also an input; name another file for the table" in capsys.readouterr().err
-    assert hashlib.sha256(table.read_bytes()).hexdigest() == before
+    (scans / "out").mkdir()
+    assert mednca_cli.main([str(scans / "a.nii.gz"), str(table), str(scans / "out"), "-o", str(scans / "out"),
+                            "--runs", "2", "--threads", "1", "--volumes", str(table)]) == 0
+    printed = capsys.readouterr().out
+    assert f"note: '{table}' is a table, not a scan; it is skipped." in printed
+    assert f"note: '{scans / 'out'}' is the output folder (-o), not an input; it is skipped." in printed
+    assert [row["status"] for row in csv.DictReader(table.open())] == ["ok"]
+    assert mednca_cli.main([str(table), *command, "--volumes", str(table)]) == 2  # nothing else: refused
+    assert "nothing to segment: " in capsys.readouterr().err
 
     monkeypatch.setattr(ModelRegistry, "default", classmethod(lambda cls: ossnet_registry))
     case = tmp_path / "case"
@@ -434,6 +441,12 @@ def test_ctrl_c_stops_the_batch_saying_what_was_done(tmp_path, capsys, monkeypat
     rows = list(csv.DictReader(table.open()))
     assert [(Path(r["input"]).name, r["status"], r["warnings"]) for r in rows] == [
         ("a.nii.gz", "ok", ""), ("b.nii.gz", "failed", "interrupted (Ctrl-C)")]
+    # Again, over the table of that run: the earlier table is kept, not replaced by a partial one.
+    before = table.read_text()
+    status = mednca_cli.main([str(tmp_path / f"{n}.nii.gz") for n in "bac"]
+                             + ["-o", str(out), "--runs", "2", "--threads", "1", "--volumes", str(table)])
+    assert status == 130 and table.read_text() == before
+    assert f"volumes: not written (interrupted); the earlier table {table} is as it was" in capsys.readouterr().out
 
 
 def test_a_result_that_fails_while_written_leaves_no_file(tmp_path, monkeypatch):

@@ -185,6 +185,34 @@ def test_a_second_input_on_another_grid_is_resampled_onto_the_first_with_a_note(
     assert dice(result.labels == 1, reference.labels == 1) > 0.8
 
 
+def test_a_thick_slice_flair_is_segmented_and_one_beyond_the_model_card_is_warned_of(scene, logic, case, truth):
+    """A 2D FLAIR of thick axial slices (each the mean of the 1 mm slices it covers) beside the
+    3D T1c, a common protocol: at the card's ``maxSpacingMm`` (5 mm) it is segmented on its own
+    grid without a warning and about as well as the 1 mm FLAIR; 7 mm slices get the warning
+    (``Testing/Benchmarks/thick_slice_scans.py --model ossnet`` measured where the drop begins)."""
+    flair, t1c = case
+    assert logic.model_entry(None).max_spacing_mm == 5
+    voxels, geometry = array_from_volume(flair)
+    roi = tumour_roi(scene, flair, truth)
+    reference = logic.segment(case, roi=roi)
+    for spacing in (5, 7):
+        count = voxels.shape[0] // spacing
+        thick = voxels[:count * spacing].reshape(count, spacing, *voxels.shape[1:]).mean(axis=1)
+        matrix = geometry.ijk_to_ras.copy()
+        matrix[:3, 2] *= spacing
+        matrix[:3, 3] = geometry.voxel_to_ras((0, 0, (spacing - 1) / 2))  # the first slice's centre
+        thick_flair = write_scalar_volume(scene, thick, VolumeGeometry(matrix, thick.shape), f"FLAIR {spacing} mm")
+        result = logic.segment([thick_flair, t1c], roi=roi)
+        coarse = [w for w in result.warnings if "coarser than the 5 mm" in w]
+        assert len(coarse) == (spacing > 5) and all(f"'FLAIR {spacing} mm'" in w for w in coarse)
+        assert result.geometry.spacing == pytest.approx((1.0, 1.0, spacing))
+        assert (f"The segmentation lies on a grid of 1 x 1 x {spacing} mm voxels, as the FLAIR has; OSS-Net can "
+                "decode any point, so for 1 mm along every axis ask for that output spacing") in " ".join(result.details)
+        truth_there = resample(truth.astype(np.uint8), geometry, result.geometry, order=0) > 0
+        reference_there = resample(reference.labels, reference.geometry, result.geometry, order=0) > 0
+        assert dice(result.labels == 1, truth_there) > dice(reference_there, truth_there) - 0.03
+
+
 def test_a_t1c_of_another_patient_is_warned_of(scene, logic, case, truth):
     flair, _ = case
     other = next(p for p in sorted(CASE_DIR.parent.iterdir()) if p.is_dir() and p != CASE_DIR)

@@ -249,6 +249,9 @@ def test_cli_manual_roi_and_volumes_csv(tmp_path, capsys):
     for threads in ("0", "-1", "two"):
         with pytest.raises(SystemExit):
             cli.parse_args([str(image), "-o", str(tmp_path), "--threads", threads])
+    with pytest.raises(SystemExit):  # -o "$OUT" with OUT unset: not the current folder
+        cli.parse_args([str(image), "-o", ""])
+    assert "is empty (an unset shell variable?)" in capsys.readouterr().err
     # An output "folder" that is a file, or lies under one, is refused before any input is segmented.
     assert cli.main([str(image), "-o", str(table), "--runs", "1"]) == 2
     assert "is a file" in capsys.readouterr().err

@@ -34,6 +34,16 @@ def thread_count(text: str) -> int:
     return count
 
 
+def output_folder(text: str) -> Path:
+    """``-o``: a folder name (argparse type). An empty one is refused rather than read as the
+    current folder: ``-o "$OUT"`` with ``OUT`` unset would otherwise scatter results where the
+    command happens to run."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset shell variable?); name a folder, or '.' for the "
+                                         "current one")
+    return Path(text)
+
+
 @dataclass
 class CommandSession:
     """What a command sets up before its inputs: a headless scene, the method's logic, the run's
@@ -86,11 +96,13 @@ def output_folder_problem(folder: Path) -> str | None:
     return None
 
 
-def check_target(path: Path) -> None:
+def check_target(path: Path, inputs: Sequence[str | Path] = ()) -> None:
     """Raise OutputError when a folder holds the result's file name (``write_result`` could not
-    replace it): checked before a case is segmented, so the run is not spent in vain."""
+    replace it), InputVolumeError when the result would be written over one of the ``inputs``:
+    checked before a case is segmented, so the run is not spent in vain."""
     from .errors import OutputError
 
+    refuse_overwriting_input(path, inputs)
     if path.is_dir():
         raise OutputError(f"The result cannot be written to '{path}': a folder of that name is there. Move or "
                           "rename that folder, or choose another output folder (-o).")
@@ -123,12 +135,9 @@ def write_result(result, path: Path, reference_volume=None, inputs: Sequence[str
     ``-o .`` and ``--format nii.gz`` beside ``scan.nii.gz``): the input is never overwritten;
     OutputError, leaving any earlier result whole, when the result cannot be written there.
     """
-    from .errors import InputVolumeError, OutputError
+    from .errors import OutputError
 
-    for given in inputs:
-        if path.exists() and os.path.samefile(path, given):
-            raise InputVolumeError(f"The result would be written over the input file '{given}': choose another "
-                                   "output folder (-o) or format (--format).")
+    refuse_overwriting_input(path, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside, then renamed: a run stopped or failing while writing (Ctrl-C, a full disk)
     # leaves no truncated result, and an earlier result at ``path`` stays whole until replaced.
@@ -172,6 +181,17 @@ def write_labels(labels_kji, geometry, path: Path, reference_volume=None) -> Pat
     return path
 
 
+def refuse_overwriting_input(path: Path, inputs: Sequence[str | Path]) -> None:
+    """Raise InputVolumeError when ``path`` is one of the ``inputs`` files: an input is never
+    overwritten."""
+    from .errors import InputVolumeError
+
+    for given in inputs:
+        if path.exists() and os.path.exists(given) and os.path.samefile(path, given):
+            raise InputVolumeError(f"The result would be written over the input file '{given}': choose another "
+                                   "output folder (-o) or format (--format).")
+
+
 def replacing(path: Path) -> list[str]:
     """A note when ``path`` already holds a file, which the result about to be written there
     replaces: an earlier run's result (outputs of one run never share a name, see
@@ -192,6 +212,15 @@ def skip_results(items: Sequence[str]) -> tuple[list[str], list[str]]:
         else:
             kept.append(item)
     return kept, notes
+
+
+def skip_output_folder(items: Sequence[str], output_dir: Path) -> tuple[list[str], list[str]]:
+    """``items`` without the output folder itself, and a note if it was there: ``scans/*`` with
+    ``-o scans/out`` matches the folder of an earlier run's results, which is not an input."""
+    kept = [item for item in items if not (os.path.isdir(item) and os.path.exists(output_dir)
+                                           and os.path.samefile(item, output_dir))]
+    return kept, [f"'{item}' is the output folder (-o), not an input; it is skipped." for item in items
+                  if item not in kept]
 
 
 def unique_names(items: Sequence[str], name_of: Callable[[str], str]) -> tuple[list[str], dict[str, str], list[str]]:

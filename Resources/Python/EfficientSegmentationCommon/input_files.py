@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputVolumeError
+from .errors import InputVolumeError, describe_node
 from .geometry import VolumeGeometry
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -110,6 +110,9 @@ def _inspect_nifti(path: str) -> FileReport | None:
     try:
         image = nibabel.load(path)
     except Exception as error:  # nibabel raises many kinds for bad headers
+        if _uncompressed_gz(path):
+            return FileReport(path, (), f"File '{name}' is an uncompressed NIfTI file named .nii.gz; rename it to "
+                                        f"'{name[:-len('.gz')]}' (or compress it with gzip).")
         return FileReport(path, (), f"File '{name}' is unreadable: its NIfTI header is damaged or incomplete "
                                     f"(nibabel: {' '.join(str(error).split())}). Use an intact copy.")
     shape = tuple(int(n) for n in image.shape)
@@ -152,6 +155,15 @@ def _inspect_nifti(path: str) -> FileReport | None:
         disagreement = _largest_distance(qform, sform, shape3)
     return FileReport(path, shape3, None, candidates[transform], transform,
                       sform_code if transform == "sform" else qform_code, candidates, disagreement)
+
+
+def _uncompressed_gz(path: str) -> bool:
+    """Whether a ``.nii.gz`` file is a plain NIfTI-1 or -2 file (its magic at byte 344 or 4), not gzip."""
+    if not path.lower().endswith(".gz"):
+        return False
+    with open(path, "rb") as stream:
+        head = stream.read(352)
+    return not head.startswith(b"\x1f\x8b") and (head[344:347] in (b"n+1", b"ni1") or head[4:7] in (b"n+2", b"ni2"))
 
 
 def _dimension_problem(name: str, shape: tuple[int, ...]) -> str | None:
@@ -265,6 +277,35 @@ def transform_warning(report: FileReport, used: str | None) -> str | None:
             "Check which is right and make them agree (e.g. `fslorient -copysform2qform`).")
 
 
+def shadowing_file(path: str | os.PathLike) -> str | None:
+    """The ``x.nii`` beside a ``x.nii.gz`` file, when there is one, else None.
+
+    Slicer's NIfTI reader (ITK's, through nifti_io, which looks for ``x.nii`` before
+    ``x.nii.gz``) takes the voxels of ``x.nii`` with the header of ``x.nii.gz``: another image, or
+    scrambled voxels, under the named file's name (measured on slicer-core 5.13; a ``x.nii`` named
+    itself is read right). :func:`scene.load_volume` reads such a file on its own;
+    :func:`check_source_files` refuses a node Slicer loaded the wrong way."""
+    path = os.fspath(path)
+    if not path.lower().endswith(".nii.gz"):
+        return None
+    shadow = path[: -len(".gz")]
+    return shadow if os.path.isfile(shadow) else None
+
+
+def _holds_file_voxels(node, path: str) -> bool:
+    """Whether the node's voxels are the file's (the same values in any order: their sum), read
+    with nibabel; True when nibabel is missing (nothing to compare with)."""
+    try:
+        import nibabel
+    except ImportError:
+        return True
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    node_sum = float(vtk_to_numpy(node.GetImageData().GetPointData().GetScalars()).sum(dtype=np.float64))
+    file_sum = float(np.asanyarray(nibabel.load(path).dataobj).sum(dtype=np.float64))
+    return bool(np.isclose(node_sum, file_sum, rtol=1e-5, atol=1e-3))
+
+
 def source_file(node) -> str | None:
     """The file a volume node was read from (its storage node's), when it still exists."""
     storage = node.GetStorageNode() if node is not None else None
@@ -298,6 +339,12 @@ def check_source_files(volumes) -> list[str]:
         if sorted(geometry.shape_ijk) != sorted(report.shape_ijk):
             continue
         used = placement_of(report, geometry)
+        shadow = shadowing_file(path)
+        if shadow and report.problem is None and not _holds_file_voxels(node, path):
+            raise InputVolumeError(
+                f"Volume {describe_node(node)} was loaded from '{os.path.basename(path)}', but Slicer's NIfTI reader took "
+                f"its voxels from '{os.path.basename(shadow)}' beside it, another file. Move one of the two files into "
+                "another folder (or rename it) and load the scan again.")
         if report.problem is not None:
             if used is not None or not report.candidates:  # the node still holds what the file gave
                 raise InputVolumeError(report.problem)

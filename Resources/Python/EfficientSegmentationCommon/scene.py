@@ -10,7 +10,11 @@ use the same calls everywhere.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import slicer
@@ -158,8 +162,10 @@ def load_volume(scene, path: str | os.PathLike, name: str | None = None):
     report = inspect_file(path)
     if report is not None and report.problem:
         raise InputVolumeError(report.problem)
-    with quiet_vtk():
-        node = _volumes_logic(scene).AddArchetypeVolume(path, name or name_from_path(path), 0)
+    with quiet_vtk(), _read_alone(path) as readable:
+        node = _volumes_logic(scene).AddArchetypeVolume(readable, name or name_from_path(path), 0)
+        if node is not None and readable != path:
+            node.GetStorageNode().SetFileName(path)
     if node is None:
         raise InputVolumeError(
             f"Cannot load volume file '{path}': it is unreadable, damaged or not an image format Slicer reads."
@@ -167,6 +173,24 @@ def load_volume(scene, path: str | os.PathLike, name: str | None = None):
     if report is not None:
         conform_node(node, report)
     return node
+
+
+@contextmanager
+def _read_alone(path: str) -> Iterator[str]:
+    """``path``, or, when a ``x.nii`` would shadow this ``x.nii.gz`` (``input_files.shadowing_file``),
+    a link of the same name alone in a private folder, so that Slicer's reader reads the file named."""
+    from .input_files import shadowing_file
+
+    if shadowing_file(path) is None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="effseg-read-") as folder:
+        alone = os.path.join(folder, os.path.basename(path))
+        try:
+            os.symlink(os.path.abspath(path), alone)
+        except OSError:  # no symbolic links (some Windows accounts): a copy
+            shutil.copyfile(path, alone)
+        yield alone
 
 
 def name_from_path(path: str) -> str:

@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       f"{result.volumes.summary()}; quality score NQM: {quality})",
                                       result.seconds, result.warnings, [*result.details, *replaced])
         except KeyboardInterrupt:
-            row["warnings"] = "interrupted (Ctrl-C)"
+            row.update(status="interrupted", warnings="interrupted (Ctrl-C)")
             raise
         except Exception as error:
             row["warnings"] = str(error)  # a failed row says why, as its printed line

@@ -122,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         session = batch.start_command(args, OSSNetSegmentLogic, OSSNetSettings)
         scene, logic, settings, entry = session.scene, session.logic, session.settings, session.entry
-        inputs, skipped = batch.skip_output_folder(args.input, args.output_dir)
+        # Among case folders (cases/* with -o cases/out) the output folder is not a case; one case
+        # folder given alone may be the output folder too (-i case -o case).
+        inputs, skipped = (batch.skip_output_folder(args.input, args.output_dir) if len(args.input) > 1
+                           else (args.input, []))
         work, notes = cases(inputs, entry.inputs)
         notes = skipped + notes
     except ValueError as error:  # an invalid setting, a model problem (ModelError) or a bad input

@@ -120,10 +120,11 @@ def evaluate_case(model: OSSNet, case: Case, full: bool) -> dict:
 
 
 def write_card(model_path: Path, split_path: Path, validation: list[dict], training: list[dict],
-               max_spacing_mm: float | None = None) -> Path:
+               max_spacing_mm: dict[str, float] | None = None) -> Path:
     """Write <weights>.json (registry) and <weights>.md (people) beside the weights.
-    ``max_spacing_mm`` (mm), the coarsest voxel spacing an input may have without a warning,
-    comes from ``Testing/Benchmarks/thick_slice_scans.py --model ossnet``; None leaves it out."""
+    ``max_spacing_mm`` (input name -> mm), the coarsest voxel spacing each input may have without
+    a warning, comes from ``Testing/Benchmarks/thick_slice_scans.py --model ossnet``; None leaves
+    it out."""
     model, metadata = load_model(model_path)
     split = read_split(split_path)
     mean = lambda rows, key, metric: round(float(np.mean([r[key][metric] for r in rows])), 4)  # noqa: E731
@@ -208,14 +209,27 @@ def card_markdown(card: dict) -> str:
         lines += ["", f"{row['case']}: precision {native['precision']:.3f}; share of each expert label inside the "
                       f"segmentation: {recall}."]
     if card.get("max_spacing_mm") is not None:
-        lines += ["", f"Warning: an input with voxels coarser than {card['max_spacing_mm']} mm along any axis (thick "
-                      "slices; chosen by Testing/Benchmarks/thick_slice_scans.py --model ossnet)."]
+        limits = ", ".join(f"{name} {mm:g} mm" for name, mm in card["max_spacing_mm"].items())
+        lines += ["", f"Warning: an input with voxels coarser than {limits} along any axis (thick slices; chosen by "
+                      "Testing/Benchmarks/thick_slice_scans.py --model ossnet)."]
     lines += ["", f"Mean validation Dice {m['validation_dice']} (IoU {m['validation_iou']}); the coarse-to-fine "
                   f"inference decoded {m['validation_decoded_fraction']:.2%} of the output voxels; "
                   f"{m['seconds_per_volume']} s per volume on {card['evaluation']['hardware']}.",
               f"Published for comparison: {card['published_reference']}. With four training cases this model is a "
               "demonstration of the method on a CPU, not a clinical tool.", ""]
     return "\n".join(lines)
+
+
+def _spacing_per_input(text: str) -> dict[str, float]:
+    """``FLAIR=5,T1c=3`` -> {"FLAIR": 5.0, "T1c": 3.0} (argparse type)."""
+    try:
+        pairs = [item.split("=") for item in text.split(",")]
+        limits = {name.strip(): float(mm) for name, mm in pairs}
+    except ValueError:
+        limits = {}
+    if not limits or any(mm <= 0 for mm in limits.values()):
+        raise argparse.ArgumentTypeError(f"give INPUT=MM pairs with positive mm, e.g. FLAIR=5,T1c=3, not {text!r}")
+    return limits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-training-cases", action="store_true")
-    parser.add_argument("--max-spacing-mm", type=float, default=None,
-                        help="the coarsest voxel spacing without a warning, chosen by thick_slice_scans.py --model ossnet")
+    parser.add_argument("--max-spacing-mm", type=_spacing_per_input, default=None, metavar="INPUT=MM,...",
+                        help="the coarsest voxel spacing of each input without a warning (e.g. FLAIR=5,T1c=3), "
+                             "chosen by thick_slice_scans.py --model ossnet")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, _ = load_model(args.weights)

@@ -4,7 +4,8 @@
 
 For each BraTS case (``../shared/data/BraTS_sample``) the FLAIR is the reference and the same
 patient's T1c is given as stored; stored at 1.5, 2 and 3 mm and in 5 mm slices (resampled
-linearly, the background beyond kept); stored at 2 mm and resampled back onto its 1 mm grid
+linearly, the background beyond kept); in 5 and 7 mm axial slabs (each the mean of the 1 mm
+slices it covers, as a 2D acquisition); stored at 2 mm and resampled back onto its 1 mm grid
 after skull-stripping (its edge blurred: a known false warning); cropped to its brain (2 mm
 around it); moved 1, 2, 3, 6 and 10 mm along R, A and S in its header (a scan not registered to
 the FLAIR); and, in the last row, every other case's T1c (another patient).
@@ -42,6 +43,13 @@ def variants(t1c: np.ndarray, geometry: VolumeGeometry):
     for spacing in [(1.5, 1.5, 1.5), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0), (1.0, 1.0, 5.0)]:
         coarse = geometry.with_spacing(spacing)
         yield f"stored at {spacing} mm", resample(t1c, geometry, coarse, fill=float(t1c.min())), coarse
+    for thickness in (5, 7):  # axial slices, each the mean of the 1 mm slices it covers (a 2D acquisition)
+        count = t1c.shape[0] // thickness
+        slabs = t1c[:count * thickness].reshape(count, thickness, *t1c.shape[1:]).mean(axis=1)
+        matrix = geometry.ijk_to_ras.copy()
+        matrix[:3, 2] *= thickness
+        matrix[:3, 3] = geometry.voxel_to_ras((0, 0, (thickness - 1) / 2))
+        yield f"{thickness} mm slabs", slabs, VolumeGeometry(matrix, slabs.shape)
     coarse = geometry.with_spacing((2.0, 2.0, 2.0))
     back = resample(resample(t1c, geometry, coarse, fill=float(t1c.min())), coarse, geometry, fill=float(t1c.min()))
     yield "2 mm, resampled back to 1 mm", back, geometry

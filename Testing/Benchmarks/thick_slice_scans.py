@@ -21,11 +21,12 @@ spacing whose mean drop stays within the 0.03 Dice that issue 14 allows a modera
 
 ``--model ossnet`` does the same for OSS-Net on the BraTS cases (``brats_split.json``; the
 validation case and the four training cases, reported apart): slices along ``--axes`` (K is
-axial there) of the FLAIR only (a 2D FLAIR beside a 3D contrast T1, a common protocol) or of
-both inputs (``--thick FLAIR,both``), segmented by ``OSSNetSegmentLogic`` with its default
+axial there) of the FLAIR only (a 2D FLAIR beside a 3D contrast T1, a common protocol), of the
+T1c only or of both inputs (``--thick FLAIR,T1c,both``), segmented by ``OSSNetSegmentLogic`` with its default
 settings (the output on the first input's grid, the FLAIR's) and scored against the whole-tumour
-labels at the slice centres. A thin T1c is resampled onto the thick FLAIR's grid by the logic,
-as for a user. With ``--output-spacing 1`` the scan is segmented onto a 1 mm grid instead (OSS-Net
+labels at the slice centres (a thick T1c alone: the output lies on the 1 mm FLAIR's grid, scored
+at every voxel). A thin T1c is resampled onto the thick FLAIR's grid by the logic, and a thick
+T1c onto the thin FLAIR's, as for a user. With ``--output-spacing 1`` the scan is segmented onto a 1 mm grid instead (OSS-Net
 decodes any point), scored at every voxel against the labels, beside the clean result's Dice
 over the whole volume.
 """
@@ -187,7 +188,7 @@ def ossnet_rows(args: argparse.Namespace, spacings: list[int], axes: list[str], 
         niftis = [nibabel.load(str(path)) for path in files]
         truth_grid = VolumeGeometry(niftis[0].affine, truth_kji.shape)
         for choice in thick_choices:
-            made_thick = [True, choice == "both"]
+            made_thick = [choice in ("FLAIR", "both"), choice in ("T1c", "both")]
             for axis_name in axes:
                 for spacing in spacings:
                     paths = []
@@ -199,24 +200,24 @@ def ossnet_rows(args: argparse.Namespace, spacings: list[int], axes: list[str], 
                         thick, affine, centres = thick_scan(image_ijk, nifti.affine, AXES[axis_name], spacing)
                         paths.append(folder / f"{case_id}_{path.name.split('_')[0]}_{axis_name}{spacing}.nii.gz")
                         nibabel.save(nibabel.Nifti1Image(thick, affine), str(paths[-1]))
-                    if args.output_spacing is None:
+                    if args.output_spacing is None and made_thick[0]:  # the output on the thick FLAIR's grid
                         scan_kji = segment_file(logic, paths, settings).labels > 0
                         thick_affine = nibabel.load(str(paths[0])).affine  # the FLAIR's: the output grid
                         rows.append(score(case_id, axis_name, spacing, clean_kji, scan_kji, truth_kji, centres,
                                           thick_affine, part=part, thick=choice))
                         continue
-                    # The output on a fine grid (OSS-Net decodes any point): scored at every voxel.
+                    # The output on a fine grid (asked for, or the 1 mm FLAIR's): scored at every voxel.
                     scan = segment_file(logic, paths, settings)
                     truth_there = resample(truth_kji.astype(np.uint8), truth_grid, scan.geometry, order=0) > 0
                     volume_mm3 = abs(np.linalg.det(scan.geometry.ijk_to_ras[:3, :3]))
                     truth_mm3 = float(truth_kji.sum())
                     rows.append({"case": case_id, "axis": axis_name, "spacing": spacing, "part": part, "thick": choice,
-                                 "output": f"{args.output_spacing:g} mm", "clean": dice(clean_kji, truth_kji),
+                                 "output": f"{scan.geometry.spacing[0]:g} mm", "clean": dice(clean_kji, truth_kji),
                                  "scan": dice(scan.labels > 0, truth_there),
                                  "clean_volume_error": abs(float(clean_kji.sum()) - truth_mm3) / truth_mm3,
                                  "scan_volume_error": abs(float((scan.labels > 0).sum()) * volume_mm3 - truth_mm3)
                                  / truth_mm3})
-                    print(f"{case_id} {part} {choice} {axis_name} {spacing} mm, output {args.output_spacing:g} mm: "
+                    print(f"{case_id} {part} {choice} {axis_name} {spacing} mm, output {rows[-1]['output']}: "
                           f"clean {rows[-1]['clean']:.4f}, scan {rows[-1]['scan']:.4f}", flush=True)
     return rows
 
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--brats", type=Path, default=DATA / "BraTS_sample")
     parser.add_argument("--brats-split", type=Path, default=DEFAULT_BRATS_SPLIT)
     parser.add_argument("--thick", default="FLAIR,both", help="OSS-Net: which inputs have thick slices, "
-                        "comma-separated: FLAIR (the FLAIR only), both")
+                        "comma-separated: FLAIR (the FLAIR only), T1c (the T1c only), both")
     parser.add_argument("--spacings", default="2,3,4,5", help="slice spacings (whole mm), comma-separated")
     parser.add_argument("--axes", default="K", help="slice axes, comma-separated, of I, J, K (Med-NCA slices along K)")
     parser.add_argument("--cases", type=int, default=None, help="only N cases (default: all 42 validation crops; OSS-Net: all BraTS cases)")

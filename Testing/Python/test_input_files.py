@@ -187,13 +187,30 @@ def test_a_nii_beside_a_nii_gz_of_the_same_name_does_not_replace_its_voxels(scen
     logic.SetMRMLScene(scene)
     wrong = logic.AddArchetypeVolume(str(tmp_path / "scan.nii.gz"), "scan", 0)
     with pytest.raises(InputVolumeError, match=r"loaded from 'scan\.nii\.gz', but Slicer's NIfTI reader took its "
-                                               r"voxels from 'scan\.nii' beside it"):
+                                               r"voxels from 'scan\.nii' beside it, another file"):
         check_source_files([wrong])
+    # The same scan stored flipped beside it (the same voxel values, in another order), and a folder.
+    stored = nibabel.load(str(named))
+    flipped = nibabel.Nifti1Image(np.ascontiguousarray(np.asarray(stored.dataobj)[::-1]), stored.affine, stored.header)
+    (tmp_path / "scan.nii").unlink()
+    flipped.to_filename(str(tmp_path / "scan.nii"))
+    with pytest.raises(InputVolumeError, match="another file"):
+        check_source_files([logic.AddArchetypeVolume(str(tmp_path / "scan.nii.gz"), "flipped", 0)])
+    (tmp_path / "scan.nii").unlink()
+    (tmp_path / "scan.nii").mkdir()
+    volume = load_volume(scene, tmp_path / "scan.nii.gz")
+    assert np.array_equal(np.sort(voxel_view(volume).ravel()), np.sort(expected.ravel()))
+    with pytest.raises(InputVolumeError, match="beside it, a folder"):
+        check_source_files([logic.AddArchetypeVolume(str(tmp_path / "scan.nii.gz"), "zeros", 0)])
     # An uncompressed file named .nii.gz is not called damaged.
     (tmp_path / "plain.nii.gz").write_bytes(gzip.decompress(named.read_bytes()))
     with pytest.raises(InputVolumeError, match=r"'plain\.nii\.gz' is an uncompressed NIfTI file named \.nii\.gz; "
                                                r"rename it to 'plain\.nii'"):
         load_volume(scene, tmp_path / "plain.nii.gz")
+    (tmp_path / "packed.nii").write_bytes(named.read_bytes())  # and the other way round
+    with pytest.raises(InputVolumeError, match=r"'packed\.nii' is gzip-compressed but named \.nii; rename it to "
+                                               r"'packed\.nii\.gz'"):
+        load_volume(scene, tmp_path / "packed.nii")
 
 
 def test_non_finite_voxels_in_a_file_are_reported_naming_it(scene, case, tmp_path):

@@ -346,6 +346,13 @@ def test_no_output_overwrites_an_input(tmp_path, capsys, monkeypatch, ossnet_reg
     assert status == 1 and digest(image) == before
     assert "FAILED good: The result would be written over the input file 'good.nii.gz'" in printed
     assert "good [" not in captured.err  # refused before it was segmented (no progress bar)
+    # A label map beside an input of the same name (h.nii): Slicer would read the input for it.
+    import gzip
+
+    (tmp_path / "h.nii").write_bytes(gzip.decompress(image.read_bytes()))
+    status = mednca_cli.main(["h.nii", "-o", ".", "--format", "nii.gz", "--runs", "2", "--threads", "1"])
+    assert status == 1 and not (tmp_path / "h.nii.gz").exists()
+    assert "FAILED h: The result 'h.nii.gz' would lie beside 'h.nii'" in capsys.readouterr().out
     (row,) = list(csv.DictReader(table.open()))
     assert row["status"] == "failed" and row["warnings"].startswith("The result would be written over")
     for volumes, problem in (("good.nii.gz", "is not a .csv file name"), (str(tmp_path), "is a folder")):
@@ -408,6 +415,10 @@ def test_a_rerun_over_its_own_results_segments_the_scans_again(tmp_path, capsys,
     assert (case / FLAIR.replace(".nii.gz", ".seg.nrrd")).is_file()
     assert ossnet_cli.main(["--input", str(case), *settings]) == 0
     assert "summary: 1 of 1 segmented" in capsys.readouterr().out
+    (case / "out").mkdir()  # a case folder and the output folder beside it (cases/* with -o cases/out)
+    assert ossnet_cli.main(["--input", str(case), str(case / "out"), "-o", str(case / "out"), "--spacing", "4",
+                            "--threads", "1"]) == 0
+    assert f"note: '{case / 'out'}' is the output folder (-o), not an input; it is skipped." in capsys.readouterr().out
     # Another case's files of the same names into the same folder: the earlier result is replaced, and said so.
     assert ossnet_cli.main(["--input", str(case / FLAIR), str(case / T1C), *settings]) == 0
     assert f"note: replaced the earlier file {case / FLAIR.replace('.nii.gz', '.seg.nrrd')}" in capsys.readouterr().out
@@ -435,12 +446,12 @@ def test_ctrl_c_stops_the_batch_saying_what_was_done(tmp_path, capsys, monkeypat
                              + ["-o", str(out), "--runs", "2", "--threads", "1", "--volumes", str(table)])
     printed = capsys.readouterr().out
     assert status == 130
-    assert "FAILED b: interrupted (Ctrl-C); nothing was written for it" in printed
+    assert "STOPPED b: interrupted (Ctrl-C); nothing was written for it" in printed
     assert "summary: interrupted; 1 of 3 segmented, 0 failed, 1 interrupted, 1 not started" in printed
     assert sorted(p.name for p in out.iterdir()) == ["a.seg.nrrd"]
     rows = list(csv.DictReader(table.open()))
     assert [(Path(r["input"]).name, r["status"], r["warnings"]) for r in rows] == [
-        ("a.nii.gz", "ok", ""), ("b.nii.gz", "failed", "interrupted (Ctrl-C)")]
+        ("a.nii.gz", "ok", ""), ("b.nii.gz", "interrupted", "interrupted (Ctrl-C)")]
     # Again, over the table of that run: the earlier table is kept, not replaced by a partial one.
     before = table.read_text()
     status = mednca_cli.main([str(tmp_path / f"{n}.nii.gz") for n in "bac"]

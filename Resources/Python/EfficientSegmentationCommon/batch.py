@@ -98,11 +98,19 @@ def output_folder_problem(folder: Path) -> str | None:
 
 def check_target(path: Path, inputs: Sequence[str | Path] = ()) -> None:
     """Raise OutputError when a folder holds the result's file name (``write_result`` could not
-    replace it), InputVolumeError when the result would be written over one of the ``inputs``:
-    checked before a case is segmented, so the run is not spent in vain."""
+    replace it) or a ``x.nii`` lies where a ``x.nii.gz`` result would go (``input_files.shadowing_file``:
+    Slicer would read that file for the result), InputVolumeError when the result would be written
+    over one of the ``inputs``: checked before a case is segmented, so the run is not spent in vain."""
     from .errors import OutputError
 
+    from .input_files import shadowing_file
+
     refuse_overwriting_input(path, inputs)
+    shadow = shadowing_file(path)
+    if shadow is not None:
+        raise OutputError(f"The result '{path}' would lie beside '{shadow}', and Slicer's NIfTI reader would then read "
+                          f"the voxels of '{os.path.basename(shadow)}' for it. Choose another output folder (-o) or "
+                          "format (--format).")
     if path.is_dir():
         raise OutputError(f"The result cannot be written to '{path}': a folder of that name is there. Move or "
                           "rename that folder, or choose another output folder (-o).")
@@ -325,7 +333,7 @@ def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], name
 
     Each item's line starts with ``ok`` (segmented, nothing questions the result), ``CHECK``
     (segmented with warnings, printed under the line: look at the result before using it) or
-    ``FAILED``; the summary counts the ones to check.
+    ``FAILED`` (``STOPPED`` for the one Ctrl-C interrupted); the summary counts the ones to check.
 
     ``names`` (item -> name) names the items in the report (default: the item's base name).
     """
@@ -345,7 +353,8 @@ def run_batch(items: Sequence[str], process: Callable[[str], BatchOutcome], name
             detail = str(error) if shown_as_is else f"{type(error).__name__}: {error}"
             outcome = BatchOutcome((names or {}).get(item, os.path.basename(item)), False, detail)
         outcomes.append(outcome)
-        status = "FAILED" if not outcome.ok else "CHECK " if outcome.warnings else "ok    "
+        status = ("STOPPED" if interrupted else "FAILED" if not outcome.ok else "CHECK " if outcome.warnings
+                  else "ok    ")
         print(f"{status} {outcome.name}: {outcome.detail}", flush=True)
         for note in outcome.notes:
             print(f"       note: {note}", flush=True)

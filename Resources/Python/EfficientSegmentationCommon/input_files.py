@@ -30,6 +30,7 @@ arrays are KJI, and :func:`file_order_labels` converts between the two.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from collections.abc import Iterator
@@ -113,6 +114,8 @@ def _inspect_nifti(path: str) -> FileReport | None:
         if _uncompressed_gz(path):
             return FileReport(path, (), f"File '{name}' is an uncompressed NIfTI file named .nii.gz; rename it to "
                                         f"'{name[:-len('.gz')]}' (or compress it with gzip).")
+        if _gzip_named_nii(path):
+            return FileReport(path, (), f"File '{name}' is gzip-compressed but named .nii; rename it to '{name}.gz'.")
         return FileReport(path, (), f"File '{name}' is unreadable: its NIfTI header is damaged or incomplete "
                                     f"(nibabel: {' '.join(str(error).split())}). Use an intact copy.")
     shape = tuple(int(n) for n in image.shape)
@@ -164,6 +167,14 @@ def _uncompressed_gz(path: str) -> bool:
     with open(path, "rb") as stream:
         head = stream.read(352)
     return not head.startswith(b"\x1f\x8b") and (head[344:347] in (b"n+1", b"ni1") or head[4:7] in (b"n+2", b"ni2"))
+
+
+def _gzip_named_nii(path: str) -> bool:
+    """Whether a ``.nii`` file is gzip-compressed (its first two bytes)."""
+    if not path.lower().endswith(".nii"):
+        return False
+    with open(path, "rb") as stream:
+        return stream.read(2) == b"\x1f\x8b"
 
 
 def _dimension_problem(name: str, shape: tuple[int, ...]) -> str | None:
@@ -278,7 +289,7 @@ def transform_warning(report: FileReport, used: str | None) -> str | None:
 
 
 def shadowing_file(path: str | os.PathLike) -> str | None:
-    """The ``x.nii`` beside a ``x.nii.gz`` file, when there is one, else None.
+    """The ``x.nii`` (a file or a folder) beside a ``x.nii.gz`` file, when there is one, else None.
 
     Slicer's NIfTI reader (ITK's, through nifti_io, which looks for ``x.nii`` before
     ``x.nii.gz``) takes the voxels of ``x.nii`` with the header of ``x.nii.gz``: another image, or
@@ -289,21 +300,24 @@ def shadowing_file(path: str | os.PathLike) -> str | None:
     if not path.lower().endswith(".nii.gz"):
         return None
     shadow = path[: -len(".gz")]
-    return shadow if os.path.isfile(shadow) else None
+    return shadow if os.path.exists(shadow) else None  # a folder of that name too: ITK then reads zeros
 
 
-def _holds_file_voxels(node, path: str) -> bool:
-    """Whether the node's voxels are the file's (the same values in any order: their sum), read
-    with nibabel; True when nibabel is missing (nothing to compare with)."""
+def _holds_file_voxels(node, path: str, report: FileReport, used: str) -> bool:
+    """Whether the node's voxels are the file's, voxel for voxel in the file's order (the node
+    placed by the file's ``used`` transform), read with nibabel; True when nibabel is missing
+    (nothing to compare with)."""
     try:
         import nibabel
     except ImportError:
         return True
-    from vtk.util.numpy_support import vtk_to_numpy
+    from .volume_arrays import voxel_view
 
-    node_sum = float(vtk_to_numpy(node.GetImageData().GetPointData().GetScalars()).sum(dtype=np.float64))
-    file_sum = float(np.asanyarray(nibabel.load(path).dataobj).sum(dtype=np.float64))
-    return bool(np.isclose(node_sum, file_sum, rtol=1e-5, atol=1e-3))
+    placed = dataclasses.replace(report, affine=report.candidates[used])
+    in_file_order = file_order_labels(voxel_view(node), VolumeGeometry.from_volume_node(node), placed)
+    expected = np.asanyarray(nibabel.load(path).dataobj)
+    return (in_file_order is not None and in_file_order.shape == expected.shape
+            and bool(np.allclose(in_file_order, expected, rtol=1e-5, atol=1e-3)))
 
 
 def source_file(node) -> str | None:
@@ -340,11 +354,12 @@ def check_source_files(volumes) -> list[str]:
             continue
         used = placement_of(report, geometry)
         shadow = shadowing_file(path)
-        if shadow and report.problem is None and not _holds_file_voxels(node, path):
+        if shadow and report.problem is None and used is not None and not _holds_file_voxels(node, path, report, used):
+            what = "a folder" if os.path.isdir(shadow) else "another file"
             raise InputVolumeError(
                 f"Volume {describe_node(node)} was loaded from '{os.path.basename(path)}', but Slicer's NIfTI reader took "
-                f"its voxels from '{os.path.basename(shadow)}' beside it, another file. Move one of the two files into "
-                "another folder (or rename it) and load the scan again.")
+                f"its voxels from '{os.path.basename(shadow)}' beside it, {what}. Move one of the two into another "
+                "folder (or rename it) and load the scan again.")
         if report.problem is not None:
             if used is not None or not report.candidates:  # the node still holds what the file gave
                 raise InputVolumeError(report.problem)

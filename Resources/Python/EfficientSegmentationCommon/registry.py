@@ -68,8 +68,9 @@ class ModelEntry:
     # What the model card requires of every input (``input_checks.REQUIREMENTS``), checked per run.
     input_requirements: tuple[str, ...] = ()
     # The coarsest voxel spacing (mm, along any axis) at which the model's results were measured
-    # good; a coarser input (thick slices) is segmented with a warning. None: not measured.
-    max_spacing_mm: float | None = None
+    # good, for every input or per input name; a coarser input (thick slices) is segmented with a
+    # warning. None (or an input not named): not measured.
+    max_spacing_mm: float | dict[str, float] | None = None
 
 
 # The voxel order of the data each method's training script reads as stored (MSD hippocampus

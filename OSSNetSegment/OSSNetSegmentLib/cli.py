@@ -77,6 +77,15 @@ def case_files(folder: Path, inputs: Sequence[str]) -> list[Path]:
     return files
 
 
+def _holds_case(folder: Path, inputs: Sequence[str]) -> bool:
+    """Whether ``folder`` holds one file for each of the model's ``inputs`` (:func:`case_files`)."""
+    try:
+        case_files(folder, inputs)
+    except InputVolumeError:
+        return False
+    return True
+
+
 def cases(inputs: Sequence[str], model_inputs: Sequence[str]) -> tuple[dict[str, list[Path] | Path], list[str]]:
     """Case name -> the input files of one case, or a case folder per case; and notes.
 
@@ -122,10 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         session = batch.start_command(args, OSSNetSegmentLogic, OSSNetSettings)
         scene, logic, settings, entry = session.scene, session.logic, session.settings, session.entry
-        # Among case folders (cases/* with -o cases/out) the output folder is not a case; one case
-        # folder given alone may be the output folder too (-i case -o case).
-        inputs, skipped = (batch.skip_output_folder(args.input, args.output_dir) if len(args.input) > 1
-                           else (args.input, []))
+        # Among case folders (cases/* with -o cases/out) the output folder is no case, unless it
+        # holds one (-i case -o case).
+        inputs, skipped = batch.skip_output_folder(args.input, args.output_dir,
+                                                   lambda folder: _holds_case(Path(folder), entry.inputs))
         work, notes = cases(inputs, entry.inputs)
         notes = skipped + notes
     except ValueError as error:  # an invalid setting, a model problem (ModelError) or a bad input

@@ -207,8 +207,10 @@ class OSSNetSegmentLogic(RegistryLogic):
             details.append("The input is oblique; it was resampled onto an axis-aligned grid.")
         spacing = plan.output.spacing
         if settings.output_spacing is None and max(spacing) > ANISOTROPIC_RATIO * min(spacing):
-            details.append(f"The segmentation lies on a grid of {voxel_size_text(plan.output)} mm voxels, as the "
-                           f"{entry.inputs[0]} has; OSS-Net can decode any point, so for {min(spacing):.4g} mm "
+            grid = f"the {entry.inputs[0]}'s" + (f" at {settings.resolution:g}x its resolution"
+                                                 if settings.resolution != 1 else "")
+            details.append(f"The segmentation lies on a grid of {voxel_size_text(plan.output)} mm voxels ({grid}); "
+                           f"OSS-Net can decode any point, so for {min(spacing):.4g} mm "
                            f"along every axis ask for that output spacing (ossnet-segment --output-spacing "
                            f"{min(spacing):.4g}; output_spacing={min(spacing):.4g} in Python).")
         return OSSNetJob(volumes, entry, settings, images, crop, reference, plan, outputSegmentation, warnings, details)

@@ -419,6 +419,11 @@ def test_a_rerun_over_its_own_results_segments_the_scans_again(tmp_path, capsys,
     assert ossnet_cli.main(["--input", str(case), str(case / "out"), "-o", str(case / "out"), "--spacing", "4",
                             "--threads", "1"]) == 0
     assert f"note: '{case / 'out'}' is the output folder (-o), not an input; it is skipped." in capsys.readouterr().out
+    # The output folder that holds a case is segmented, among others too.
+    assert ossnet_cli.main(["--input", str(case), str(case / "out"), "-o", str(case), "--spacing", "4",
+                            "--threads", "1"]) == 1  # out holds no case: it fails, named
+    printed = capsys.readouterr().out
+    assert "is the output folder" not in printed and "summary: 1 of 2 segmented, 1 failed" in printed
     # Another case's files of the same names into the same folder: the earlier result is replaced, and said so.
     assert ossnet_cli.main(["--input", str(case / FLAIR), str(case / T1C), *settings]) == 0
     assert f"note: replaced the earlier file {case / FLAIR.replace('.nii.gz', '.seg.nrrd')}" in capsys.readouterr().out

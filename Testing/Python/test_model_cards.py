@@ -67,8 +67,9 @@ def test_a_model_file_keeps_its_training_voxel_order(tmp_path):
     (lambda card: card.update(quality_warning_threshold=-1), "quality_warning_threshold: -1 is less than or equal"),
     (lambda card: card.update(orientation="ASR"), "orientation: 'ASR' does not match"),
     (lambda card: card.update(max_spacing_mm=0), "max_spacing_mm: 0 is less than or equal to the minimum of 0"),
+    (lambda card: card.update(max_spacing_mm={"t1": 3}), r"max_spacing_mm: 't1' is not one of the inputs \(T1\)"),
 ], ids=["segment without colour", "zero spacing", "negative spacing", "two-number colour", "no segments",
-        "negative threshold", "orientation out of order", "zero coarsest spacing"])
+        "negative threshold", "orientation out of order", "zero coarsest spacing", "coarsest spacing of no input"])
 def test_a_malformed_card_names_the_file_and_the_field(user_model, edit, field):
     weights, card, values = user_model
     edit(values)
@@ -155,3 +156,9 @@ def test_without_jsonschema_the_fields_the_code_needs_are_still_checked(user_mod
                                          r"spacing: must be three numbers above 0 \(mm\); orientation: 'XYZ' must "
                                          r"be R or L, A or P, S or I"):
         entry_for(weights)
+    for limit in ({"T1": "x"}, "5", {}, {"T1": 0}):  # TypeErrors, a 0 mm limit or none at all before
+        values = json.loads(MEDNCA_WEIGHTS.with_suffix(".json").read_text())
+        values["max_spacing_mm"] = limit
+        card.write_text(json.dumps(values))
+        with pytest.raises(ModelError, match=r"max_spacing_mm: must be a number above 0 \(mm\) or an object"):
+            entry_for(weights)

@@ -207,7 +207,7 @@ def test_thick_slice_inputs_are_segmented_and_those_beyond_the_model_card_are_wa
         coarse = [w for w in result.warnings if "coarser than the 5 mm" in w]
         assert len(coarse) == (spacing > 5) and all(f"'FLAIR {spacing} mm'" in w for w in coarse)
         assert result.geometry.spacing == pytest.approx((1.0, 1.0, spacing))
-        assert (f"The segmentation lies on a grid of 1 x 1 x {spacing} mm voxels, as the FLAIR has; OSS-Net can "
+        assert (f"The segmentation lies on a grid of 1 x 1 x {spacing} mm voxels (the FLAIR's); OSS-Net can "
                 "decode any point, so for 1 mm along every axis ask for that output spacing") in " ".join(result.details)
         truth_there = resample(truth.astype(np.uint8), geometry, result.geometry, order=0) > 0
         reference_there = resample(reference.labels, reference.geometry, result.geometry, order=0) > 0

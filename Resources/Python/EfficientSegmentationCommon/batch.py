@@ -222,11 +222,13 @@ def skip_results(items: Sequence[str]) -> tuple[list[str], list[str]]:
     return kept, notes
 
 
-def skip_output_folder(items: Sequence[str], output_dir: Path) -> tuple[list[str], list[str]]:
+def skip_output_folder(items: Sequence[str], output_dir: Path,
+                       is_input: Callable[[str], bool] = lambda folder: False) -> tuple[list[str], list[str]]:
     """``items`` without the output folder itself, and a note if it was there: ``scans/*`` with
-    ``-o scans/out`` matches the folder of an earlier run's results, which is not an input."""
+    ``-o scans/out`` matches the folder of an earlier run's results, which is not an input. A
+    folder that ``is_input`` (an OSS-Net case folder holding its scans) is kept."""
     kept = [item for item in items if not (os.path.isdir(item) and os.path.exists(output_dir)
-                                           and os.path.samefile(item, output_dir))]
+                                           and os.path.samefile(item, output_dir) and not is_input(item))]
     return kept, [f"'{item}' is the output folder (-o), not an input; it is skipped." for item in items
                   if item not in kept]
 
@@ -317,6 +319,7 @@ what it prints, one line per input (per case for ossnet-segment):
   ok      segmented, and nothing questions the result
   CHECK   segmented, with warnings (printed under the line): look at the result before using it
   FAILED  not segmented; the line says why, and no result was written for this input
+  STOPPED interrupted by Ctrl-C; nothing was written for this input, and the batch stops
 then a summary with the counts; "note:" lines are facts, not warnings (e.g. an input renamed,
 skipped or resampled, an earlier file replaced). Exit status 0 when every input was segmented
 (CHECK included), 1 when any failed, 2 for a wrong argument, 130 when stopped with Ctrl-C (the

@@ -80,7 +80,18 @@ def entry_problems(values: object, schema_path: Path, key_names: Mapping[str, st
                     problems.append(f"{_field([*path, rename.get(name, name) if not path else name])}: missing")
         else:
             problems.append(f"{_field(path)}: {error.message}")
-    return problems
+    return problems + _spacing_input_problems(values, rename)
+
+
+def _spacing_input_problems(values: object, rename: Mapping[str, str]) -> list[str]:
+    """``maxSpacingMm`` given per input must name the entry's inputs exactly (a key that matches
+    none, e.g. "flair" for "FLAIR", would leave that input unchecked); the schema cannot say so."""
+    limits = values.get("maxSpacingMm") if isinstance(values, Mapping) else None
+    inputs = values.get("inputs") if isinstance(values, Mapping) else None
+    if not isinstance(limits, Mapping) or not isinstance(inputs, list):
+        return []
+    return [f"{rename.get('maxSpacingMm', 'maxSpacingMm')}: {name!r} is not one of the inputs "
+            f"({', '.join(map(str, inputs))})" for name in limits if name not in inputs]
 
 
 def _minimal_problems(values: object, rename: Mapping[str, str]) -> list[str]:
@@ -108,7 +119,13 @@ def _minimal_problems(values: object, rename: Mapping[str, str]) -> list[str]:
     orientation = values.get("orientation", "RAS")
     if not (isinstance(orientation, str) and orientation.isupper() and _is_orientation(orientation)):
         problems.append(f"orientation: {orientation!r} must be R or L, A or P, S or I, in that order (e.g. RAS, LPS)")
-    return problems
+    limits = values.get("maxSpacingMm")
+    positive = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0  # noqa: E731
+    if limits is not None and not (positive(limits) or (isinstance(limits, Mapping) and limits
+                                                         and all(positive(v) for v in limits.values()))):
+        problems.append(f"{rename.get('maxSpacingMm', 'maxSpacingMm')}: must be a number above 0 (mm) or an object "
+                        "of such numbers per input name")
+    return problems + _spacing_input_problems(values, rename)
 
 
 def _is_orientation(code: str) -> bool:

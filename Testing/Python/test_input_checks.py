@@ -237,30 +237,33 @@ def test_a_t1c_stored_at_another_resolution_shows_the_same_brain():
         assert brain_overlap_warning([flair, stored], [grid, coarse], INPUTS, ["f", "t"]) is None, spacing
         assert brain_overlap_warning([stored, flair], [coarse, grid], INPUTS, ["t", "f"]) is None, spacing
     # A second trial: 7 mm slices of the same patient, each the mean of the slices it covers (a 2D
-    # acquisition), read Dice 0.96, taken for another patient.
-    count = t1c.shape[0] // 7
-    slabs = t1c[:count * 7].reshape(count, 7, *t1c.shape[1:]).mean(axis=1)
-    matrix = grid.ijk_to_ras.copy()
-    matrix[:3, 2] *= 7
-    matrix[:3, 3] = grid.voxel_to_ras((0, 0, 3))
-    thick = VolumeGeometry(matrix, slabs.shape)
+    # acquisition), read Dice 0.96, taken for another patient; a third: a 7 mm axial FLAIR and a
+    # 7 mm coronal T1c, 0.962.
+    slabs, thick = slabs_of(t1c, grid, 0)
     assert brain_overlap_warning([flair, slabs], [grid, thick], INPUTS, ["f", "t"]) is None
     assert brain_overlap_warning([slabs, flair], [thick, grid], INPUTS, ["t", "f"]) is None
-    # A third: a 7 mm axial FLAIR and a 7 mm coronal T1c of one patient read Dice 0.962.
-    flair_count = flair.shape[0] // 7
-    axial = flair[:flair_count * 7].reshape(flair_count, 7, *flair.shape[1:]).mean(axis=1)
-    coronal_count = t1c.shape[1] // 7
-    coronal = t1c[:, :coronal_count * 7].reshape(t1c.shape[0], coronal_count, 7, t1c.shape[2]).mean(axis=2)
-    coronal_matrix = grid.ijk_to_ras.copy()
-    coronal_matrix[:3, 1] *= 7
-    coronal_matrix[:3, 3] = grid.voxel_to_ras((0, 3, 0))
-    coronal_grid = VolumeGeometry(coronal_matrix, coronal.shape)
+    axial, _ = slabs_of(flair, grid, 0)
+    coronal, coronal_grid = slabs_of(t1c, grid, 1)
     assert brain_overlap_warning([axial, coronal], [thick, coronal_grid], INPUTS, ["f", "t"]) is None
     assert brain_overlap_warning([coronal, axial], [coronal_grid, thick], INPUTS, ["t", "f"]) is None
-    other = brats("brats_2013_pat0001_1", INPUT_FILES["T1c"])  # another patient's, cut alike: still warned
-    other_coronal = other[:, :coronal_count * 7].reshape(other.shape[0], coronal_count, 7, other.shape[2]).mean(axis=2)
-    assert "do not show the same brain" in brain_overlap_warning([axial, other_coronal], [thick, coronal_grid],
+    other, _ = slabs_of(brats("brats_2013_pat0001_1", INPUT_FILES["T1c"]), grid, 1)  # another patient's: warned
+    assert "do not show the same brain" in brain_overlap_warning([axial, other], [thick, coronal_grid],
                                                                  INPUTS, ["f", "t"])
+
+
+def slabs_of(image: np.ndarray, grid: VolumeGeometry, axis_kji: int, thickness: int = 7):
+    """``image`` (KJI on ``grid``) as slabs ``thickness`` voxels thick along ``axis_kji``, each the
+    mean of the slices it covers, and their grid (each slab placed at its centre)."""
+    count = image.shape[axis_kji] // thickness
+    kept = np.take(image, range(count * thickness), axis=axis_kji)
+    shape = list(kept.shape)
+    shape[axis_kji:axis_kji + 1] = [count, thickness]
+    slabs = kept.reshape(shape).mean(axis=axis_kji + 1)
+    axis_ijk = 2 - axis_kji
+    matrix = grid.ijk_to_ras.copy()
+    matrix[:3, axis_ijk] *= thickness
+    matrix[:3, 3] = grid.voxel_to_ras(np.eye(3)[axis_ijk] * (thickness - 1) / 2)
+    return slabs, VolumeGeometry(matrix, slabs.shape)
 
 
 def test_an_empty_result_is_reported():

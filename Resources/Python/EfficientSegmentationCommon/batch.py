@@ -102,7 +102,6 @@ def check_target(path: Path, inputs: Sequence[str | Path] = ()) -> None:
     Slicer would read that file for the result), InputVolumeError when the result would be written
     over one of the ``inputs``: checked before a case is segmented, so the run is not spent in vain."""
     from .errors import OutputError
-
     from .input_files import shadowing_file
 
     refuse_overwriting_input(path, inputs)

@@ -357,13 +357,13 @@ def brain_overlap(reference: np.ndarray, reference_geometry: VolumeGeometry, ima
     coarser = geometry if np.prod(geometry.spacing) > np.prod(reference_geometry.spacing) else reference_geometry
     # Thick along different axes (a 7 mm axial FLAIR, a 7 mm coronal T1c): on a grid coarse along both.
     common = coarser.with_spacing(np.maximum(_voxel_extent(geometry, coarser), _voxel_extent(reference_geometry, coarser)))
-    shares = [resample(_box_mean(mask, grid, common), grid, common, order=0)
-              for mask, grid in ((first, reference_geometry), (second, geometry))]
+    first_share, second_share = (resample(_box_mean(mask, grid, common), grid, common, order=0)
+                                 for mask, grid in ((first, reference_geometry), (second, geometry)))
     both_reach = np.ones(common.shape_kji, dtype=bool)
     for grid in (reference_geometry, geometry):
         both_reach &= resample(np.ones(grid.shape_kji, np.float32), grid, common) >= 0.5
-    return max(_dice((a >= low_a) & both_reach, (b >= low_b) & both_reach)
-               for a, b in [shares] for low_a in (0.5, 0.01) for low_b in (0.5, 0.01))
+    return max(_dice((first_share >= low_first) & both_reach, (second_share >= low_second) & both_reach)
+               for low_first in (0.5, 0.01) for low_second in (0.5, 0.01))
 
 
 def _voxel_extent(geometry: VolumeGeometry, axes_of: VolumeGeometry) -> np.ndarray:
